@@ -1,0 +1,90 @@
+"""Input validation shared by the public API.
+
+Every check raises ``ValueError`` (or ``TypeError``) with a message that
+names the offending argument and states what was expected.  Checks that
+would need a device-to-host copy are only applied to user inputs, once, before
+any solver loop starts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_tensor(name: str, value, *, min_dim: int = 0) -> torch.Tensor:
+    """Return ``value`` if it is a floating tensor with at least ``min_dim`` dims."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {value.dtype}")
+    if value.dim() < min_dim:
+        raise ValueError(
+            f"{name} must have at least {min_dim} dimension(s) (batch first), "
+            f"got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_finite(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Raise if ``value`` holds NaN or infinity (one host sync; inputs only)."""
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"{name} must be finite, found {bad} non-finite value(s)")
+    return value
+
+
+def check_positive(name: str, value: float) -> float:
+    """Raise unless ``value`` is a finite number > 0."""
+    value = float(value)
+    if not (value > 0.0 and value < float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_positive_int(name: str, value) -> int:
+    """Raise unless ``value`` is an integer >= 1."""
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: str, choices) -> str:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_time_interval(name: str, value: float, T: float) -> float:
+    """Raise unless ``0 <= value <= T``."""
+    value = float(value)
+    if not (0.0 <= value <= T):
+        raise ValueError(f"{name} must lie in [0, T] = [0, {T}], got {value}")
+    return value
+
+
+def check_model_output(name: str, out, x: torch.Tensor) -> torch.Tensor:
+    """Raise unless a model's output is a tensor of the same shape as ``x``."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(
+            f"{name} returned shape {tuple(out.shape)}, expected the shape of its "
+            f"input x {tuple(x.shape)}"
+        )
+    return out
+
+
+def batch_time(t, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a scalar or (B,) time to a (B,) tensor on ``x``'s device and dtype."""
+    t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+    if t.dim() == 0:
+        return t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
+    return t
+
+
+def expand_as_batch(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """View a (B,) tensor as (B, 1, ..., 1) so that it broadcasts against ``x``."""
+    return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))

@@ -1,0 +1,35 @@
+"""Test configuration: hypothesis profiles and the --thorough flag.
+
+CI runs the ``ci`` profile (few examples, derandomised).  ``pytest --thorough``
+selects the ``thorough`` profile and also runs tests marked ``slow``.
+"""
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("thorough", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def pytest_addoption(parser):
+    parser.addoption("--thorough", action="store_true", help="many hypothesis examples and the slow tests")
+
+
+def pytest_configure(config):
+    thorough = config.getoption("--thorough") or os.environ.get("SDEKIT_THOROUGH") == "1"
+    settings.load_profile("thorough" if thorough else "ci")
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--thorough") or os.environ.get("SDEKIT_THOROUGH") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --thorough")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
