@@ -23,7 +23,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     thorough = config.getoption("--thorough") or os.environ.get("SDEKIT_THOROUGH") == "1"
     settings.load_profile("thorough" if thorough else "ci")
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One intra-op thread: the suite's tensors are small, and on a busy 2-core machine
+    # several threads make small element-wise ops ~100x slower.
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

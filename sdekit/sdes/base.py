@@ -125,7 +125,7 @@ class AbstractLinearSDE(AbstractSDE):
 
 
 def gaussian_log_prob(z: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """Log-density in nats, shape ``(B,)``, of ``N(mean, std² I)`` at ``z`` ``(B, *D)``."""
+    """Log-density in nats, shape ``(B,)``, of ``N(mean, std² I)`` at ``z`` ``(B,)`` or ``(B, *D)``."""
     dim = z[0].numel()
-    sq = ((z - mean) ** 2).flatten(1).sum(1)
+    sq = ((z - mean) ** 2).reshape(z.shape[0], -1).sum(1)
     return -0.5 * dim * math.log(2 * math.pi * std**2) - sq / (2 * std**2)

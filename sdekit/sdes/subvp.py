@@ -26,6 +26,6 @@ class SubVPSDE(VPSDE):
         return -torch.expm1(-self.integrated_beta(t))
 
     def transition_var(self, s, t):
-        # σ(t)² − r² σ(s)² with r² = e^{−(B(t)−B(s))}.
-        r2 = torch.exp(-(self.integrated_beta(t) - self.integrated_beta(s)))
-        return self.std(t) ** 2 - r2 * self.std(s) ** 2
+        # σ(t)² − r² σ(s)² = (1 − e^{−(B(t)−B(s))}) (1 − e^{−(B(t)+B(s))}), free of cancellation.
+        bt, bs = self.integrated_beta(t), self.integrated_beta(s)
+        return torch.expm1(-(bt - bs)) * torch.expm1(-(bt + bs))

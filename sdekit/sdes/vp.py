@@ -10,11 +10,11 @@ from .base import AbstractLinearSDE, gaussian_log_prob
 
 
 class VPSDE(AbstractLinearSDE):
-    """VP SDE ``dx = −½ β(t) x dt + √β(t) dW`` with ``β(t) = β_min + t (β_max − β_min)``.
+    """VP SDE ``dx = −½ β(t) x dt + √β(t) dW`` with ``β(t) = β_min + (t/T) (β_max − β_min)``.
 
     Source: Song et al. 2021, eq. 11 and Appendix B (eq. 29): the marginal is
     ``N(m(t) x_0, (1 − m(t)²) I)`` with ``m(t) = exp(−½ B(t))``,
-    ``B(t) = ∫₀ᵗ β = β_min t + ½ t² (β_max − β_min)``.  Prior ``N(0, I)``.
+    ``B(t) = ∫₀ᵗ β = β_min t + ½ (t²/T) (β_max − β_min)``.  Prior ``N(0, I)``.
     Defaults are score_sde's (β_min = 0.1, β_max = 20, T = 1).
 
     Raises:
@@ -33,11 +33,11 @@ class VPSDE(AbstractLinearSDE):
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """β(t), shape of ``t``."""
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+        return self.beta_min + t / self.T * (self.beta_max - self.beta_min)
 
     def integrated_beta(self, t: torch.Tensor) -> torch.Tensor:
         """B(t) = ∫₀ᵗ β(u) du, shape of ``t``."""
-        return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+        return self.beta_min * t + 0.5 * t**2 / self.T * (self.beta_max - self.beta_min)
 
     def drift(self, x, t):
         return -0.5 * self.beta(t).reshape((-1,) + (1,) * (x.dim() - 1)) * x

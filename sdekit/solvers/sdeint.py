@@ -29,8 +29,8 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str = "euler", dt: float = 1e-3, g
     Returns:
         ``(len(ts), B, *D)``, with ``out[0] = y0``.
     Raises:
-        ValueError: on non-finite ``y0``, ``dt <= 0``, ``ts`` not 1-D or not
-            strictly increasing, or an unknown ``method``.
+        ValueError: on non-finite ``y0``, ``dt <= 0``, ``ts`` not 1-D, not finite
+            or not strictly increasing, or an unknown ``method``.
     """
     check_tensor("y0", y0, min_dim=1)
     check_finite("y0", y0)
@@ -39,6 +39,8 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str = "euler", dt: float = 1e-3, g
     ts = torch.as_tensor(ts, dtype=torch.float64)
     if ts.dim() != 1 or ts.numel() < 2:
         raise ValueError(f"ts must be 1-D with at least 2 times, got shape {tuple(ts.shape)}")
+    if not bool(torch.isfinite(ts).all()):
+        raise ValueError("ts must be finite")
     if not bool((ts[1:] > ts[:-1]).all()):
         raise ValueError("ts must be strictly increasing")
     times = ts.tolist()

@@ -43,7 +43,7 @@ class GaussianMixture:
             )
         if bool((weights <= 0).any()) or abs(float(weights.sum()) - 1.0) > 1e-6:
             raise ValueError("weights must be positive and sum to 1")
-        if torch.linalg.cholesky_ex(covs).info.any():
+        if not torch.allclose(covs, covs.transpose(-1, -2)) or torch.linalg.cholesky_ex(covs).info.any():
             raise ValueError("covs must be symmetric positive definite")
         self.weights, self.means, self.covs = weights, means, covs
         self.K, self.D = K, D
