@@ -173,8 +173,10 @@ def _ode_progress(func, t_start: float, t_end: float):
     bar = tqdm(total=round(abs(t_end - t_start), 6), desc="sample (ode)", unit="t")
 
     def wrapped(t, y):
-        bar.n = round(abs(float((t - t_start).abs().min())), 6)
-        bar.refresh()
+        done = round(float((t - t_start).abs().min()), 6)  # least advanced sample; RK stages can step back
+        if done > bar.n:
+            bar.n = done
+            bar.refresh()
         return func(t, y)
 
     return wrapped, bar

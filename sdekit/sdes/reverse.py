@@ -13,7 +13,16 @@ def _g2(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return expand_as_batch(g, x) ** 2 if g.dim() == 1 else g**2
 
 
-class ReverseSDE:
+class _ScoreDriven:
+    """An SDE's drift corrected by a score model; holds the SDE, the checked score and ``T``."""
+
+    def __init__(self, sde, score):
+        self.sde = sde
+        self.score = checked_score(score)
+        self.T = sde.T
+
+
+class ReverseSDE(_ScoreDriven):
     """Reverse-time SDE ``dx = [f(x,t) − g(t)² s(x,t)] dt + g(t) dW̄``, run from ``T`` to 0.
 
     Source: Anderson 1982; Song et al. 2021, eq. 6.  The formula assumes a
@@ -27,11 +36,6 @@ class ReverseSDE:
         ValueError: if ``score`` returns a tensor of the wrong shape.
     """
 
-    def __init__(self, sde, score):
-        self.sde = sde
-        self.score = checked_score(score)
-        self.T = sde.T
-
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Reverse drift ``f − g² s`` (per unit of forward time), ``(B, *D)``."""
         return self.sde.drift(x, t) - _g2(self.sde.diffusion(x, t), x) * self.score(x, t)
@@ -41,7 +45,7 @@ class ReverseSDE:
         return self.sde.diffusion(x, t)
 
 
-class ProbabilityFlowODE:
+class ProbabilityFlowODE(_ScoreDriven):
     """Probability-flow ODE ``dx/dt = f(x,t) − ½ g(t)² s(x,t)``.
 
     Source: Song et al. 2021, eq. 13; its solutions share the forward SDE's
@@ -53,11 +57,6 @@ class ProbabilityFlowODE:
     Raises (when called):
         ValueError: if ``score`` returns a tensor of the wrong shape.
     """
-
-    def __init__(self, sde, score):
-        self.sde = sde
-        self.score = checked_score(score)
-        self.T = sde.T
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity ``dx/dt``, ``(B, *D)``, for ``x`` ``(B, *D)`` and ``t`` ``(B,)``."""
