@@ -1,5 +1,6 @@
 """Reference problems with closed forms, for tests, benchmarks and users' own checks."""
 
+from .convergence import OrderFit, fit_order
 from .mixture import GaussianMixture, example_mixture
 
-__all__ = ["GaussianMixture", "example_mixture"]
+__all__ = ["GaussianMixture", "example_mixture", "fit_order", "OrderFit"]
