@@ -1,0 +1,80 @@
+"""Counter-based noise: Philox known answers, batch invariance, and the normal law."""
+
+import math
+
+import pytest
+import torch
+
+from sdekit.noise import counter_normal, philox4x32
+from tests.stats import Z, assert_mean_close
+
+# Known-answer vectors of Philox4x32-10 from Random123's kat_vectors.
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("ctr,key,expected", KAT)
+def test_philox_known_answers(ctr, key, expected):
+    out = philox4x32(*(torch.tensor([c], dtype=torch.int64) for c in ctr), *key)
+    assert tuple(int(o) for o in out) == expected
+
+
+def test_batch_invariant_and_deterministic():
+    idx = torch.arange(64)
+    full = counter_normal(7, 3, idx, (5, 3))
+    assert full.shape == (64, 5, 3) and full.dtype == torch.float32
+    for rows in (torch.tensor([0]), torch.arange(10, 17), torch.tensor([63, 2, 40])):
+        assert torch.equal(counter_normal(7, 3, rows, (5, 3)), full[rows])
+    assert torch.equal(counter_normal(7, 3, idx, (5, 3)), full)
+
+
+def test_keys_give_different_draws():
+    idx = torch.arange(4)
+    base = counter_normal(7, 3, idx, (16,))
+    for other in (counter_normal(8, 3, idx, (16,)), counter_normal(7, 4, idx, (16,)),
+                  counter_normal(7, 3, idx + 4, (16,)), counter_normal(2**40 + 7, 3, idx, (16,))):
+        assert not torch.isclose(base, other).any()
+
+
+def test_per_sample_stream_tensor_matches_scalar_stream():
+    idx = torch.arange(6)
+    streams = torch.tensor([0, 1, 2, 0, 1, 2])
+    z = counter_normal(1, streams, idx, (9,))
+    for s in range(3):
+        rows = streams == s
+        assert torch.equal(z[rows], counter_normal(1, s, idx[rows], (9,)))
+
+
+def test_normal_law():
+    """Mean 0, variance 1, kurtosis 3 and no correlation across elements, samples or streams."""
+    n, d = 4096, 8
+    z = counter_normal(123, 0, torch.arange(n), (d,)).double()
+    flat = z.reshape(-1, 1)
+    assert_mean_close(flat, [0.0])
+    assert_mean_close(flat**2, [1.0], what="variance")
+    assert_mean_close(flat**4, [3.0], what="fourth moment")
+    # Lag-1 products within a sample (neighbours share a Philox call), across samples and streams.
+    z2 = counter_normal(123, 1, torch.arange(n), (d,)).double()
+    for prod, what in ((z[:, :-1] * z[:, 1:], "element lag"), (z[:-1] * z[1:], "sample lag"), (z * z2, "stream")):
+        assert_mean_close(prod.reshape(-1, 1), [0.0], what=what)
+    # Tail mass beyond 3σ: 2.7e-3 with binomial standard error.
+    p = math.erfc(3 / math.sqrt(2))
+    frac = (flat.abs() > 3).double().mean().item()
+    assert abs(frac - p) <= Z * math.sqrt(p * (1 - p) / flat.numel())
+
+
+def test_odd_shapes_and_errors():
+    assert counter_normal(0, 0, torch.arange(3), (7,)).shape == (3, 7)
+    assert counter_normal(0, 0, torch.arange(3), ()).shape == (3,)
+    with pytest.raises(ValueError, match="seed"):
+        counter_normal(-1, 0, torch.arange(3), (2,))
+    with pytest.raises(ValueError, match="stream"):
+        counter_normal(0, 2**32, torch.arange(3), (2,))
+    with pytest.raises(ValueError, match="sample_index"):
+        counter_normal(0, 0, torch.tensor([-1, 0]), (2,))
+    with pytest.raises(TypeError, match="sample_index"):
+        counter_normal(0, 0, torch.zeros(3), (2,))
