@@ -6,7 +6,7 @@ Public API:
                  Langevin correctors, adaptive RK45 probability flow)
     Likelihood:  log_likelihood (Hutchinson or exact trace), bits_per_dim, dequantize
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
-    Solvers:     solve_adaptive (per-sample embedded RK), sdeint (forward Euler–Maruyama)
+    Solvers:     odeint (fixed-step and adaptive RK, per-sample steps), solve_adaptive, sdeint
     Reference:   sdekit.testing.GaussianMixture (exact scores and densities)
 """
 
@@ -23,7 +23,7 @@ from .sdes import (
     VESDE,
     VPSDE,
 )
-from .solvers import ToleranceNotMetError, sdeint, solve_adaptive
+from .solvers import ODESolution, ToleranceNotMetError, odeint, sdeint, solve_adaptive
 
 __version__ = "0.1.0"
 
@@ -48,5 +48,7 @@ __all__ = [
     "score_from_denoiser",
     "solve_adaptive",
     "sdeint",
+    "odeint",
+    "ODESolution",
     "ToleranceNotMetError",
 ]

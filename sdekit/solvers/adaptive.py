@@ -2,13 +2,15 @@
 
 Each sample of the batch has its own time, step size and error norm, so a
 sample takes the steps *it* needs (score_sde's ``solve_ivp`` route and
-torchdiffeq share one step size across the flattened batch).  Samples that
-have reached their end time are dropped from the active set, so they stop
-costing function evaluations.
+torchdiffeq share one step size across the flattened batch; torchode keeps
+evaluating finished samples).  Samples that have reached their end time are
+dropped from the active set, so they stop costing function evaluations.
+Outputs between steps come from the tableau's continuous extension.
 
-Host syncs: exactly one per step, ``torch.nonzero`` on the "not finished"
-mask, which both ends the loop and selects the active samples.  Everything
-else (error norms, acceptance, step-size control) stays on the device.
+Host syncs: one per step, ``torch.nonzero`` on the "not finished" mask, which
+both ends the loop and selects the active samples; plus, only when there are
+interior output times, one ``nonzero`` selecting the (sample, output) pairs
+that the step crossed.  Everything else stays on the device.
 """
 
 from __future__ import annotations
@@ -18,12 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_finite, check_positive, check_positive_int, check_tensor, expand_as_batch
+from .controller import PI_CONTROLLER, StepController
+from .rk import rk_combine, rk_interpolate, rk_stages, weighted_sum
 from .tableaus import DOPRI5, ButcherTableau
-
-#: Step-size controller constants (Hairer, Nørsett & Wanner, "Solving ODEs I",
-#: §II.4, eq. 4.13; the same as scipy's RK45): safety factor and the bounds
-#: on the ratio of successive step sizes.
-SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 
 
 class ToleranceNotMetError(RuntimeError):
@@ -39,12 +38,14 @@ class AdaptiveSolution:
         nfe: ``(B,)`` int64, function evaluations spent on each sample.
         steps: ``(B,)`` int64, accepted steps of each sample.
         rejected: ``(B,)`` int64, rejected steps of each sample.
+        ys: ``(n, B, *S)`` states at the output times (``ys[-1] = y``).
     """
 
     y: torch.Tensor
     nfe: torch.Tensor
     steps: torch.Tensor
     rejected: torch.Tensor
+    ys: torch.Tensor | None = None
 
 
 def _rms(v: torch.Tensor) -> torch.Tensor:
@@ -69,16 +70,10 @@ def _initial_step(func, t0, y0, f0, direction, span, order, rtol, atol, args):
     return torch.minimum(torch.minimum(100 * h0, h1), span)
 
 
-def _rk_step(func, tableau: ButcherTableau, t, y, k_first, h, args):
-    """One embedded RK step of signed size ``h`` (B,); returns (y_new, error, k_last)."""
-    hb = expand_as_batch(h, y)
-    ks = [k_first]
-    for i in range(1, tableau.stages):
-        incr = sum(a * k for a, k in zip(tableau.a[i], ks) if a != 0.0)
-        ks.append(func(t + tableau.c[i] * h, y + hb * incr, *args))
-    y_new = y + hb * sum(b * k for b, k in zip(tableau.b, ks) if b != 0.0)
-    error = hb * sum(e * k for e, k in zip(tableau.b_error, ks) if e != 0.0)
-    return y_new, error, ks[-1]
+def _check_tableau(tableau: ButcherTableau) -> ButcherTableau:
+    if not isinstance(tableau, ButcherTableau) or not tableau.adaptive:
+        raise ValueError(f"tableau must be an embedded ButcherTableau (with b_error), got {tableau!r}")
+    return tableau
 
 
 def solve_adaptive(
@@ -91,30 +86,37 @@ def solve_adaptive(
     atol: float = 1e-5,
     max_steps: int = 10_000,
     tableau: ButcherTableau = DOPRI5,
+    controller: StepController = PI_CONTROLLER,
     args: tuple = (),
+    t_eval: torch.Tensor | None = None,
 ) -> AdaptiveSolution:
     """Integrate ``dy/dt = func(t, y)`` from ``t0`` to ``t1``, each sample with its own steps.
 
     Error control per sample: a step is accepted when
     ``RMS(err / (atol + rtol · max(|y|, |y_new|))) <= 1`` over that sample's
-    elements (Hairer, Nørsett & Wanner, §II.4, eq. 4.11), and the next step is
-    ``h · clamp(0.9 · err^{-1/(q+1)}, 0.2, 10)`` with ``q`` the error order (no
-    growth right after a rejection).  Default tableau: Dormand–Prince 5(4)
+    elements (Hairer, Nørsett & Wanner, §II.4, eq. 4.11); the next step comes
+    from ``controller`` (default: the PI controller of
+    :mod:`sdekit.solvers.controller`).  Default tableau: Dormand–Prince 5(4)
     (RK45, :data:`~sdekit.solvers.tableaus.DOPRI5`).
 
     Args:
         func: ``func(t, y, *args)`` with ``t`` ``(b,)``, ``y`` ``(b, *S)`` and each
             of ``args`` gathered to the same ``b`` active samples → ``(b, *S)``.
+            Samples must not interact: ``func`` is called on subsets of the batch.
         y0: ``(B, *S)`` initial state.
         t0, t1: start and end times, scalars or ``(B,)``; ``t1 < t0`` integrates backwards.
         rtol, atol: relative and absolute tolerances (> 0).
         max_steps: bound on step attempts (accepted + rejected) per sample.
-        tableau: an embedded RK pair.
+        tableau: an embedded RK pair (with ``dense`` when ``t_eval`` has interior times).
+        controller: a :class:`~sdekit.solvers.controller.StepController`.
         args: tensors with leading dimension ``B`` passed on to ``func``.
+        t_eval: optional ``(B, n)`` per-sample output times, monotone from
+            ``t0`` to ``t1`` (``t_eval[:, 0] = t0``, ``t_eval[:, -1] = t1``);
+            the states there are returned in ``ys``.
     Returns:
-        :class:`AdaptiveSolution` with the end state and per-sample counts.
+        :class:`AdaptiveSolution` with the end state, per-sample counts and ``ys``.
     Raises:
-        ValueError: on non-finite ``y0``, bad tolerances or ``max_steps``.
+        ValueError: on non-finite ``y0``, bad tolerances, ``max_steps`` or ``args``.
         ToleranceNotMetError: if some sample has not reached ``t1`` after
             ``max_steps`` attempts (the message says how many and where).
     """
@@ -122,73 +124,98 @@ def solve_adaptive(
     check_finite("y0", y0)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     max_steps = check_positive_int("max_steps", max_steps)
+    tableau = _check_tableau(tableau)
     B = y0.shape[0]
-    t0 = torch.as_tensor(t0, dtype=y0.dtype, device=y0.device).expand(B).clone()
-    t1 = torch.as_tensor(t1, dtype=y0.dtype, device=y0.device).expand(B).clone()
     for i, a in enumerate(args):
         if a.shape[0] != B:
             raise ValueError(f"args[{i}] must have leading dimension B={B}, got {tuple(a.shape)}")
+    if t_eval is None:
+        t0 = torch.as_tensor(t0, dtype=y0.dtype, device=y0.device).expand(B)
+        t1 = torch.as_tensor(t1, dtype=y0.dtype, device=y0.device).expand(B)
+        t_eval = torch.stack([t0, t1], dim=1)
+    return _integrate(func, y0, t_eval.to(y0.dtype), tableau, rtol, atol, max_steps, controller, args)
 
+
+def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args) -> AdaptiveSolution:
+    """The per-sample adaptive loop; ``t_out`` is ``(B, n)`` with ``n >= 2``."""
+    B, n = t_out.shape
+    dev = y0.device
+    t0, t1 = t_out[:, 0].clone(), t_out[:, -1].clone()
     direction = torch.sign(t1 - t0)
     span = (t1 - t0).abs()
-    counts = {k: torch.zeros(B, dtype=torch.int64, device=y0.device) for k in ("nfe", "steps", "rejected")}
+    counts = {k: torch.zeros(B, dtype=torch.int64, device=dev) for k in ("nfe", "steps", "rejected")}
+    ys = y0.new_empty((n,) + tuple(y0.shape))
+    ys[0] = y0
     k_first = func(t0, y0, *args)
     h = _initial_step(func, t0, y0, k_first, direction, span, tableau.error_order, rtol, atol, args)
     counts["nfe"] += 2
     t, y = t0, y0.clone()
     done = span == 0
-    last_rejected = torch.zeros(B, dtype=torch.bool, device=y0.device)
+    last_rejected = torch.zeros(B, dtype=torch.bool, device=dev)
+    err_prev = torch.ones(B, dtype=y0.dtype, device=dev)
+    next_out = torch.ones(B, dtype=torch.int64, device=dev)
+    out_cols = torch.arange(n, device=dev)
     per_attempt = tableau.stages - 1 if tableau.fsal else tableau.stages
-    exponent = -1.0 / (tableau.error_order + 1)
 
     for attempt in range(max_steps + 1):
         idx = torch.nonzero(~done).squeeze(1)  # the one host sync per step
-        n = idx.numel()
-        if n == 0:
+        m = idx.numel()
+        if m == 0:
             break
         if attempt == max_steps:
             raise ToleranceNotMetError(
-                f"max_steps={max_steps} step attempts were not enough for {n} of {B} samples "
+                f"max_steps={max_steps} step attempts were not enough for {m} of {B} samples "
                 f"to reach t1 with rtol={rtol}, atol={atol} (sample indices {idx[:8].tolist()}..., "
                 f"at t={t[idx[:8]].tolist()}); raise max_steps or loosen the tolerances"
             )
-        full = n == B
+        full = m == B
         sel = (lambda v: v) if full else (lambda v: v.index_select(0, idx))
-        ti, yi, ki, hi, di, t1i = sel(t), sel(y), sel(k_first), sel(h), sel(direction), sel(t1)
+        ti, yi, hi, di, t1i = sel(t), sel(y), sel(h), sel(direction), sel(t1)
         argi = tuple(sel(a) for a in args)
 
         hit = hi >= (t1i - ti).abs()
         step = torch.where(hit, t1i - ti, hi * di)
-        y_new, error, k_last = _rk_step(func, tableau, ti, yi, ki, step, argi)
-        scale = atol + rtol * torch.maximum(yi.abs(), y_new.abs())
-        err = _rms(error / scale)
-        finite = torch.isfinite(err)
-        accept = finite & (err <= 1.0)
-
-        factor = SAFETY * err.clamp_min(1e-10) ** exponent
-        factor = torch.where(finite, factor.clamp(MIN_FACTOR, MAX_FACTOR), torch.full_like(err, MIN_FACTOR))
-        factor = torch.where(sel(last_rejected), factor.clamp(max=1.0), factor)
-        h_next = step.abs() * factor
-
+        ks = rk_stages(func, tableau, ti, yi, step, sel(k_first) if tableau.fsal else None, argi)
+        y_new = rk_combine(yi, ks, step, tableau.b)
+        error = expand_as_batch(step, yi) * weighted_sum(ks, tableau.b_error)
+        err = _rms(error / (atol + rtol * torch.maximum(yi.abs(), y_new.abs())))
+        accept = torch.isfinite(err) & (err <= 1.0)
+        h_next = step.abs() * controller.factor(err, sel(err_prev), tableau.error_order, sel(last_rejected))
         t_next = torch.where(accept, torch.where(hit, t1i, ti + step), ti)
+
+        if n > 2:  # dense output at the interior times this step crossed
+            ni, touts = sel(next_out), sel(t_out)
+            crossed = (out_cols >= ni[:, None]) & (out_cols < n - 1) & accept[:, None]
+            crossed &= di[:, None] * (touts - t_next[:, None]) <= 0
+            pairs = torch.nonzero(crossed)
+            if pairs.numel():
+                r, j = pairs[:, 0], pairs[:, 1]
+                theta = (touts[r, j] - ti[r]) / step[r]
+                ys[j, idx[r]] = rk_interpolate(tableau, yi[r], [k[r] for k in ks], step[r], theta)
+            next_out_i = ni + crossed.sum(1)
+
         acc = expand_as_batch(accept, yi)
         updates = {
             "t": t_next,
             "y": torch.where(acc, y_new, yi),
-            "k_first": torch.where(acc, k_last, ki),
             "h": h_next,
+            "err_prev": torch.where(accept, err, sel(err_prev)),
             "done": accept & hit,
             "last_rejected": ~accept,
         }
-        if full:
-            t, y, k_first, h = updates["t"], updates["y"], updates["k_first"], updates["h"]
-            done, last_rejected = updates["done"], updates["last_rejected"]
-        else:
-            t, y, k_first, h = (v.index_copy(0, idx, updates[k]) for v, k in ((t, "t"), (y, "y"), (k_first, "k_first"), (h, "h")))
-            done = done.index_copy(0, idx, updates["done"])
-            last_rejected = last_rejected.index_copy(0, idx, updates["last_rejected"])
+        if tableau.fsal:
+            updates["k_first"] = torch.where(acc, ks[-1], ks[0])
+        if n > 2:
+            updates["next_out"] = next_out_i
+        state = {"t": t, "y": y, "h": h, "err_prev": err_prev, "done": done, "last_rejected": last_rejected,
+                 "k_first": k_first, "next_out": next_out}
+        for key, value in updates.items():
+            state[key] = value if full else state[key].index_copy(0, idx, value)
+        t, y, h, err_prev = state["t"], state["y"], state["h"], state["err_prev"]
+        done, last_rejected, k_first, next_out = state["done"], state["last_rejected"], state["k_first"], state["next_out"]
         counts["nfe"].index_add_(0, idx, torch.full_like(idx, per_attempt))
         counts["steps"].index_add_(0, idx, accept.long())
         counts["rejected"].index_add_(0, idx, (~accept).long())
 
-    return AdaptiveSolution(y=y, **counts)
+    ys[-1] = y
+    return AdaptiveSolution(y=y, ys=ys, **counts)

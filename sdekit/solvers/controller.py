@@ -1,0 +1,69 @@
+"""Step-size controllers for embedded Runge–Kutta pairs, per sample.
+
+The proportional–integral (PI) controller of Gustafsson (1991), "Control-
+theoretic techniques for stepsize selection in explicit Runge–Kutta methods",
+ACM TOMS 17(4), in the form of Hairer & Wanner, "Solving ODEs II", §IV.2,
+eq. (2.43c): after an accepted step
+
+    h_next = h · safety · err_n^(−β₁/k) · err_{n−1}^(β₂/k),   k = q + 1,
+
+with ``q`` the embedded order, ``β₁ = 0.7`` and ``β₂ = 0.4``.  The pure
+integral (I) controller is ``β₂ = 0, β₁ = 1`` (Hairer, Nørsett & Wanner,
+"Solving ODEs I", §II.4, eq. 4.13).  The factor is clamped to
+``[min_factor, max_factor]`` and may not grow right after a rejection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepController:
+    """Per-sample step-size controller.
+
+    Attributes:
+        beta1: exponent on the current error (times ``1/k``).
+        beta2: exponent on the previous accepted error (times ``1/k``); 0 gives an I controller.
+        safety: safety factor (< 1).
+        min_factor, max_factor: bounds on ``h_next / h``.
+    """
+
+    beta1: float = 0.7
+    beta2: float = 0.4
+    safety: float = 0.9
+    min_factor: float = 0.2
+    max_factor: float = 10.0
+
+    def __post_init__(self):
+        if not (0 < self.safety <= 1 and 0 < self.min_factor < 1 < self.max_factor and self.beta1 > 0 and self.beta2 >= 0):
+            raise ValueError(f"invalid step controller settings: {self}")
+
+    def factor(self, err, err_prev, error_order: int, last_rejected):
+        """Step-size ratio ``h_next / h`` for per-sample error norms.
+
+        Args:
+            err: ``(b,)`` error norm of the attempted step (1 = exactly on tolerance; NaN/inf allowed).
+            err_prev: ``(b,)`` error norm of the last accepted step (1 initially).
+            error_order: the embedded order ``q``.
+            last_rejected: ``(b,)`` bool, whether the previous attempt was rejected.
+        Returns:
+            ``(b,)`` factor; ``min_factor`` where ``err`` is not finite.
+        """
+        k = error_order + 1
+        finite = torch.isfinite(err)
+        e = err.clamp_min(1e-10)
+        accepted = finite & (err <= 1.0)
+        pi = e ** (-self.beta1 / k) * err_prev.clamp_min(1e-10) ** (self.beta2 / k)
+        fac = torch.where(accepted, pi, e ** (-1.0 / k))  # after a rejection: plain I control
+        fac = (self.safety * fac).clamp(self.min_factor, self.max_factor)
+        fac = torch.where(last_rejected, fac.clamp(max=1.0), fac)
+        return torch.where(finite, fac, torch.full_like(err, self.min_factor))
+
+
+#: Defaults: the PI controller above.
+PI_CONTROLLER = StepController()
+#: The classical integral controller (score_sde / scipy RK45 / torchdiffeq behaviour).
+I_CONTROLLER = StepController(beta1=1.0, beta2=0.0)

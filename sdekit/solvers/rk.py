@@ -1,0 +1,76 @@
+"""One generic explicit Runge–Kutta stepper that reads :class:`~sdekit.solvers.tableaus.ButcherTableau` data.
+
+Every function works on a batch with a per-sample signed step ``h`` of shape
+``(b,)``; stages are combined with the tableau's weights, skipping zeros, so
+the cost is one evaluation per stage and one fused multiply-add per nonzero
+coefficient (Hairer, Nørsett & Wanner, "Solving ODEs I", §II.1, eq. 1.8).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import expand_as_batch
+from .tableaus import ButcherTableau
+
+
+def weighted_sum(ks, weights):
+    """``Σᵢ wᵢ kᵢ`` over the nonzero weights (``None`` if all are zero)."""
+    total = None
+    for w, k in zip(weights, ks):
+        if w != 0.0:
+            total = w * k if total is None else total + w * k
+    return total
+
+
+def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=()):
+    """Evaluate the stages ``kᵢ = func(t + cᵢh, y + h Σⱼ aᵢⱼkⱼ)`` of one step.
+
+    Args:
+        func: ``func(t, y, *args)`` with ``t`` ``(b,)`` and ``y`` ``(b, *S)`` → ``(b, *S)``.
+        tableau: the method.
+        t: ``(b,)`` step start times; y: ``(b, *S)`` states; h: ``(b,)`` signed step sizes.
+        k_first: ``func(t, y)`` if already known (FSAL), else ``None``.
+        args: per-sample tensors passed on to ``func``.
+    Returns:
+        list of the ``s`` stage derivatives, each ``(b, *S)``.
+    """
+    hb = expand_as_batch(h, y)
+    ks = [func(t, y, *args) if k_first is None else k_first]
+    for i in range(1, tableau.stages):
+        incr = weighted_sum(ks, tableau.a[i])
+        ks.append(func(t + tableau.c[i] * h, y if incr is None else y + hb * incr, *args))
+    return ks
+
+
+def rk_combine(y, ks, h, weights):
+    """``y + h Σᵢ wᵢkᵢ`` with per-sample ``h`` ``(b,)``."""
+    incr = weighted_sum(ks, weights)
+    return y if incr is None else y + expand_as_batch(h, y) * incr
+
+
+def dense_weights(tableau: ButcherTableau, theta: torch.Tensor) -> torch.Tensor:
+    """Continuous-extension weights ``bᵢ(θ)`` for each ``θ`` of shape ``(P,)`` → ``(P, s)``.
+
+    Raises:
+        ValueError: if the tableau has no continuous extension.
+    """
+    if tableau.dense is None:
+        raise ValueError(f"tableau {tableau.name!r} has no dense output; outputs between steps need one")
+    coeffs = torch.tensor(tableau.dense, dtype=theta.dtype, device=theta.device)  # (s, p)
+    powers = theta[:, None] ** torch.arange(1, coeffs.shape[1] + 1, device=theta.device, dtype=theta.dtype)
+    return powers @ coeffs.T
+
+
+def rk_interpolate(tableau: ButcherTableau, y, ks, h, theta):
+    """Dense output ``y(t + θh) = y + h Σᵢ bᵢ(θ) kᵢ`` of an accepted step, one ``θ`` per row.
+
+    Args:
+        y: ``(P, *S)`` states at the step start; ks: stage derivatives, each ``(P, *S)``;
+        h: ``(P,)`` signed step sizes; theta: ``(P,)`` fractions of the step in [0, 1].
+    Returns:
+        ``(P, *S)``.
+    """
+    w = dense_weights(tableau, theta.to(y.dtype))  # (P, s)
+    incr = sum(expand_as_batch(w[:, i], y) * k for i, k in enumerate(ks) if any(tableau.dense[i]))
+    return y + expand_as_batch(h, y) * incr
