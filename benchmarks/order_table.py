@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -71,6 +72,8 @@ def main(argv=None):
         axes[2].set(xlabel="step size h", ylabel="strong error", title="SDE strong convergence")
         axes[2].legend(fontsize=7)
 
+    for ax in axes:
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.suptitle(stamp, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "orders.png", dpi=110)
