@@ -195,7 +195,9 @@ def targets(rows) -> list[str]:
     """The issue's targets, evaluated at every size >= 2^26 that was measured."""
     out = []
     big = sorted({r["log2"] for r in rows if r["log2"] >= 26})
-    get = lambda op, v, k: next((r for r in rows if r["op"] == op and r["variant"] == v and r["log2"] == k), None)  # noqa: E731
+    def get(op, variant, k):
+        return next((r for r in rows if r["op"] == op and r["variant"] == variant and r["log2"] == k), None)
+
     for k in big:
         f, e, c = get("affine", "fused", k), get("affine", "eager", k), get("affine", "compiled", k)
         if f:
@@ -206,7 +208,8 @@ def targets(rows) -> list[str]:
                           if c else "") + (f" [eager {e['ms']:.3f} ms]" if e else ""))
         lf = get("langevin", "fused", k)
         if lf:
-            out.append(f"langevin 2^{k}: {lf['pct_copy']:.1f} % of copy (>= 70) {'PASS' if lf['pct_copy'] >= 70 else 'FAIL'}")
+            verdict = "PASS" if lf["pct_copy"] >= 70 else "FAIL"
+            out.append(f"langevin 2^{k}: {lf['pct_copy']:.1f} % of copy (>= 70) {verdict}")
     return out or ["(no size >= 2^26 measured)"]
 
 

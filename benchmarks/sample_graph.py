@@ -140,7 +140,8 @@ def main(argv=None) -> int:
             graph, static = capture(torch, run)
             graph.replay()
             torch.cuda.synchronize()
-            notes.append(f"graph replay of the {backend} sample equals the eager sample: {torch.equal(static, expected)}")
+            same = torch.equal(static, expected)
+            notes.append(f"graph replay of the {backend} sample equals the eager sample: {same}")
             rows.append((f"sample graph ({backend})", timer(graph.replay)))
             try:
                 compiled = torch.compile(run, mode="reduce-overhead")
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
         "",
         f"`python benchmarks/sample_graph.py --steps {args.steps} --dim {args.dim} --width {args.width}`"
         + (" (smoke test: numbers meaningless)" if args.smoke else ""),
-        f"torch {torch.__version__}; MLP {args.dim}+1→{args.width}→{args.width}→{args.dim}; Euler–Maruyama, VP SDE, "
+        f"torch {torch.__version__}; MLP {args.dim}+1→{args.width}→{args.width}→{args.dim}; "
+        "Euler–Maruyama, VP SDE, "
         "no corrector, no denoising; median of do_bench per whole call.",
         "",
         "| variant | median (ms) | × forwards graph | × forwards eager |",
@@ -168,7 +170,8 @@ def main(argv=None) -> int:
     ] + [f"| {name} | {t:.4f} | {t / floor:.2f} | {t / ms['forwards eager']:.2f} |" for name, t in rows]
     if "sample graph (triton)" in ms:
         r = ms["sample graph (triton)"] / floor
-        lines += ["", f"Target: sample graph (triton) <= 1.5 × forwards graph: {r:.2f} {'PASS' if r <= 1.5 else 'FAIL'}"]
+        verdict = "PASS" if r <= 1.5 else "FAIL"
+        lines += ["", f"Target: sample graph (triton) <= 1.5 × forwards graph: {r:.2f} {verdict}"]
     lines += [""] + [f"- {n}" for n in notes]
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="sdekit_graph_smoke_")) if args.smoke else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,18 @@ except Exception:  # noqa: BLE001 - ImportError, or e.g. a missing C compiler at
     triton = tl = None
     HAS_TRITON = False
 
+
+
+def _interpreting() -> bool:
+    """Triton's own reading of ``TRITON_INTERPRET`` (its ``knobs``), or the variable itself on old versions."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
 #: Whether the kernels were built by Triton's interpreter (they then also accept CPU tensors).
-INTERPRETED = HAS_TRITON and os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off")
+INTERPRETED = HAS_TRITON and _interpreting()
 
 #: Storage dtypes the kernels read and write (arithmetic is always float32).
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -59,9 +59,11 @@ if HAS_TRITON:
         offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
         acc = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
         if HAS_X:
-            acc = load_coef(a, a_stride, rows, row_ok, A_VEC) * tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = load_coef(a, a_stride, rows, row_ok, A_VEC) * xv
         if HAS_S:
-            acc = acc + load_coef(b, b_stride, rows, row_ok, B_VEC) * tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            sv = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = acc + load_coef(b, b_stride, rows, row_ok, B_VEC) * sv
         if HAS_D:
             acc = acc + load_coef(d, d_stride, rows, row_ok, D_VEC)
         if WRITE_MEAN:

@@ -50,7 +50,8 @@ def assert_as_accurate(out, ref, truth, what):
     err_r = (ref.double() - truth).abs().max().item()
     ulp = torch.finfo(out.dtype).eps * truth.abs().max().item()
     tol = max(2 * err_r, ulp) + ATOL
-    assert err_k <= tol, f"{what}: kernel error {err_k:.3g} > max(2 × reference error {err_r:.3g}, ulp {ulp:.3g}) + {ATOL}"
+    assert err_k <= tol, (f"{what}: kernel error {err_k:.3g} > max(2 × reference error {err_r:.3g}, "
+                          f"ulp {ulp:.3g}) + {ATOL}")
 
 
 if K.HAS_TRITON:
@@ -59,7 +60,7 @@ if K.HAS_TRITON:
 
     from sdekit.kernels.philox import philox4x32 as philox_in_kernel
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["k0", "k1"])
     def _philox_words_kernel(out_ptr, ctr_ptr, k0, k1, n, BLOCK: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = i < n
@@ -67,7 +68,8 @@ if K.HAS_TRITON:
         c1 = tl.load(ctr_ptr + 4 * i + 1, mask=m, other=0).to(tl.uint32)
         c2 = tl.load(ctr_ptr + 4 * i + 2, mask=m, other=0).to(tl.uint32)
         c3 = tl.load(ctr_ptr + 4 * i + 3, mask=m, other=0).to(tl.uint32)
-        w0, w1, w2, w3 = philox_in_kernel(c0, c1, c2, c3, k0.to(tl.uint32, bitcast=True), k1.to(tl.uint32, bitcast=True))
+        key0, key1 = k0.to(tl.uint32, bitcast=True), k1.to(tl.uint32, bitcast=True)
+        w0, w1, w2, w3 = philox_in_kernel(c0, c1, c2, c3, key0, key1)
         tl.store(out_ptr + 4 * i, w0.to(tl.int64), mask=m)
         tl.store(out_ptr + 4 * i + 1, w1.to(tl.int64), mask=m)
         tl.store(out_ptr + 4 * i + 2, w2.to(tl.int64), mask=m)

@@ -275,7 +275,8 @@ def _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturabl
     n = grid.numel() - 1
     K = fix.n_steps if fix is not None else 0
     if n * (K + 1) >= 2**32:
-        raise ValueError(f"steps × (corrector_steps + 1) must be below 2**32 (one noise stream each), got {n * (K + 1)}")
+        raise ValueError(f"steps × (corrector_steps + 1) must be below 2**32 (one noise stream each), "
+                         f"got {n * (K + 1)}")
     coef = predictor.coefficients(grid[:-1], grid[1:])
     coef = None if coef is None else tuple(tuple(v.tolist()) for v in coef)
     params = tuple(fix.schedule(grid[:-1], grid[1:])) if fix is not None else None
