@@ -8,6 +8,8 @@ Public API:
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
     Solvers:     solve_adaptive (per-sample embedded RK), sdeint (forward Euler–Maruyama)
     Reference:   sdekit.testing.GaussianMixture (exact scores and densities)
+    Kernels:     sdekit.kernels (fused Triton update steps beside PyTorch references),
+                 sdekit.noise (Philox noise keyed by seed, sample index, element, stream)
 """
 
 import importlib.util as _ilu
