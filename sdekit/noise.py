@@ -38,9 +38,10 @@ PHILOX_ROUNDS = 10
 
 def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """High and low 32-bit words of ``a·m`` for ``a`` in [0, 2³²) (int64) and a 32-bit constant ``m``."""
-    lo = (a * m) & MASK32  # int64 multiplication wraps modulo 2⁶⁴: the low word is exact
-    hi = ((a >> 16) * m + (((a & 0xFFFF) * m) >> 16)) >> 16
-    return hi & MASK32, lo
+    # int64 multiplication wraps modulo 2⁶⁴, so the product's 64 bits are exact: the low word is
+    # its low 32 bits, the high word bits 32–63 (the mask drops the arithmetic shift's sign bits).
+    p = a * m
+    return (p >> 32) & MASK32, p & MASK32
 
 
 def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = PHILOX_ROUNDS):

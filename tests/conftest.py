@@ -10,6 +10,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# Without a GPU the Triton kernels run in Triton's interpreter (numpy on CPU tensors).  Triton reads
+# the variable when a kernel is decorated, i.e. when sdekit.kernels is first imported, so it is set
+# here, before any test module imports sdekit.  With a GPU the kernels are compiled and run on it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 settings.register_profile(
     "ci", max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )

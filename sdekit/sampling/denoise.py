@@ -8,6 +8,19 @@ from .._checks import expand_as_batch
 from ..sdes.base import AbstractLinearSDE
 
 
+def check_denoisable(sde) -> None:
+    """Raise ``TypeError`` unless ``sde`` is linear (Tweedie's formula needs its closed-form marginal)."""
+    if not isinstance(sde, AbstractLinearSDE):
+        raise TypeError(f"denoise=True needs a linear SDE with closed-form marginals, got {type(sde).__name__}")
+
+
+def tweedie_coefficients(sde, t: torch.Tensor):
+    """``(a, b, d)`` with ``E[x_0 | x_t = x] = a x + b s(x, t) + d``: ``(1/m, σ²/m, −c/m)`` at ``t`` (t's shape)."""
+    check_denoisable(sde)
+    m = sde.mean_coeff(t)
+    return 1 / m, sde.std(t) ** 2 / m, -sde.mean_offset(t) / m
+
+
 def tweedie_denoise(sde, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``E[x_0 | x_t = x] = (x − c(t) + σ(t)² s(x, t)) / m(t)``.
 
@@ -21,8 +34,7 @@ def tweedie_denoise(sde, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tenso
     Raises:
         TypeError: if ``sde`` is not linear (no closed-form marginal).
     """
-    if not isinstance(sde, AbstractLinearSDE):
-        raise TypeError(f"denoise=True needs a linear SDE with closed-form marginals, got {type(sde).__name__}")
+    check_denoisable(sde)
     col = lambda v: expand_as_batch(v.to(x.dtype), x)  # noqa: E731
     s = score(x, t.to(x.dtype))
     return (x - col(sde.mean_offset(t)) + col(sde.std(t) ** 2) * s) / col(sde.mean_coeff(t))

@@ -1,21 +1,41 @@
 """Predictors: one reverse-time step from ``t`` down to ``t_next < t``.
 
-Each predictor returns ``(x, x_mean)``: the new state and its noise-free
-mean.  ``t`` and ``t_next`` are ``(B,)`` float64 (coefficients are computed in
-float64 then cast to ``x``'s dtype).  ``z`` is standard normal noise of ``x``'s
-shape.  Every predictor is an affine update ``x_mean = a x + b s + c``,
-``x = x_mean + d z`` with per-sample scalars, which is the form the fused
-kernels implement.
+Every predictor here is an affine update with per-step scalars,
+
+    x_mean = a x + b s + d,    x = x_mean + c z,    s = score(x, t), z ~ N(0, I),
+
+whose coefficients :meth:`AbstractPredictor.coefficients` returns (float64,
+computed once for the whole time grid): that is the form the fused kernel
+:func:`sdekit.kernels.affine_update` implements.  The one exception is
+Euler–Maruyama on a non-linear SDE (or one with element-wise diffusion), whose
+drift is not affine in ``x``: :meth:`EulerMaruyama.coefficients` returns
+``None`` and :meth:`EulerMaruyama.general_step` applies the SDE's drift.
+
+:meth:`AbstractPredictor.step` is the single reference step with explicit
+noise ``z``; ``t`` and ``t_next`` are ``(B,)`` float64 there (coefficients are
+computed in float64 then cast to ``x``'s dtype).
 """
 
 from __future__ import annotations
 
 import abc
+import math
+from typing import NamedTuple
 
 import torch
 
 from .._checks import expand_as_batch
+from ..kernels import affine_update, normal
 from ..sdes.base import AbstractLinearSDE
+
+
+class Affine(NamedTuple):
+    """Coefficients of ``x_mean = a x + b s + d``, ``x = x_mean + c z`` (float64 tensors of ``t``'s shape)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    d: torch.Tensor
 
 
 def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -36,27 +56,72 @@ class AbstractPredictor(abc.ABC):
         self.sde, self.score = sde, score
 
     @abc.abstractmethod
+    def coefficients(self, t: torch.Tensor, t_next: torch.Tensor) -> Affine | None:
+        """Affine coefficients of the step from ``t`` to ``t_next`` (float64 tensors, any equal shape)."""
+
     def step(self, x, t, t_next, z):
-        """Return ``(x_new, x_mean)``, both of ``x``'s shape."""
+        """Reference step: return ``(x_new, x_mean)``, both of ``x``'s shape.
+
+        ``t``, ``t_next``: ``(B,)`` float64; ``z``: noise of ``x``'s shape.
+        """
+        co = self.coefficients(t, t_next)
+        s = self.score(x, t.to(x.dtype))
+        x_mean = _col(co.a, x) * x + _col(co.b, x) * s + _col(co.d, x)
+        return x_mean + _col(co.c, x) * z, x_mean
 
 
 class EulerMaruyama(AbstractPredictor):
     """Euler–Maruyama on the reverse SDE: ``x − (f − g² s) Δ + g √Δ z``, ``Δ = t − t_next``.
 
     Source: Song et al. 2021, Appendix D.1 (``EulerMaruyamaPredictor``).  Works
-    for any SDE.
+    for any SDE.  For a linear SDE (drift ``α(t) x + β(t)``, read off the SDE's
+    ``drift`` at ``x = 0`` and ``x = 1``) the step is affine:
+    ``a = 1 − αΔ``, ``b = g²Δ``, ``d = −βΔ``, ``c = g√Δ``.
     """
 
     name = "euler_maruyama"
 
+    def coefficients(self, t, t_next):
+        if not isinstance(self.sde, AbstractLinearSDE):
+            return None
+        t, t_next = t.double(), t_next.double()
+        dt = t_next - t
+        probe = torch.zeros(t.shape + (1,), dtype=torch.float64, device=t.device)
+        beta = self.sde.drift(probe, t)[..., 0]
+        alpha = self.sde.drift(probe + 1, t)[..., 0] - beta
+        g = self.sde.diffusion(probe, t)
+        if g.shape != t.shape:  # element-wise diffusion: not a per-step scalar
+            return None
+        return Affine(1 + alpha * dt, -(g**2) * dt, g * (-dt).sqrt(), beta * dt)
+
     def step(self, x, t, t_next, z):
-        dt = (t_next - t).to(x.dtype)
+        if self.coefficients(t, t_next) is not None:
+            return super().step(x, t, t_next, z)
         tx = t.to(x.dtype)
+        return self._general(x, self.score(x, tx), tx, (t_next - t).to(x.dtype), lambda: z)
+
+    def _general(self, x, s, tx, dt, draw, affine=None):
+        """``x_mean = x + (f(x, t) − g² s) Δt``, ``x = x_mean + g √(−Δt) z`` for any SDE; ``dt`` (B,)."""
         g = self.sde.diffusion(x, tx)
         g = expand_as_batch(g, x) if g.dim() == 1 else g
-        drift = self.sde.drift(x, tx) - g**2 * self.score(x, tx)
+        drift = self.sde.drift(x, tx) - g**2 * s
         x_mean = x + drift * expand_as_batch(dt, x)
-        return x_mean + g * expand_as_batch((-dt).sqrt(), x) * z, x_mean
+        return x_mean + g * expand_as_batch((-dt).sqrt(), x) * draw(), x_mean
+
+    def general_step(self, x, s, tx, dt: float, *, seed, sample_index, stream, backend=None):
+        """Keyed-noise step for SDEs without affine coefficients (``dt = t_next − t`` < 0, ``tx`` ``(B,)``).
+
+        With a per-sample diffusion ``g`` ``(B,)`` the update is the fused
+        ``affine_update(x, f − g² s, 1, Δt, c=g√(−Δt))``; with element-wise
+        diffusion the keyed noise is drawn first.
+        """
+        g = self.sde.diffusion(x, tx)
+        if g.dim() == 1:
+            drift = self.sde.drift(x, tx) - expand_as_batch(g, x) ** 2 * s
+            return affine_update(x, drift, 1.0, dt, g * math.sqrt(-dt), seed=seed, sample_index=sample_index,
+                                 stream=stream, backend=backend)
+        z = normal(seed, sample_index, stream, x.shape[1:], dtype=x.dtype, backend=backend)
+        return x + (self.sde.drift(x, tx) - g**2 * s) * dt + g * math.sqrt(-dt) * z
 
 
 class ReverseDiffusion(AbstractPredictor):
@@ -64,18 +129,17 @@ class ReverseDiffusion(AbstractPredictor):
 
     Source: Song et al. 2021, eq. 46 (Appendix E).  The forward discretisation
     ``x_t = x_s + f_i + G_i z`` is the SDE's *exact* transition from
-    ``s = t_next`` to ``t``: ``f_i = (r − 1) x + c``, ``G_i² = σ(t)² − r² σ(s)²``.
+    ``s = t_next`` to ``t``: ``f_i = (r − 1) x + c``, ``G_i² = σ(t)² − r² σ(s)²``,
+    so ``a = 2 − r``, ``b = G²``, ``d = −c``.
     (score_sde uses first-order approximations of ``r``, ``c`` and ``G``.)
     """
 
     name = "reverse_diffusion"
     requires_linear = True
 
-    def step(self, x, t, t_next, z):
+    def coefficients(self, t, t_next):
         r, c, G = self.sde.transition(t_next, t)
-        s = self.score(x, t.to(x.dtype))
-        x_mean = (2 - _col(r, x)) * x - _col(c, x) + _col(G**2, x) * s
-        return x_mean + _col(G, x) * z, x_mean
+        return Affine(2 - r, G**2, G, -c)
 
 
 class Ancestral(AbstractPredictor):
@@ -94,19 +158,17 @@ class Ancestral(AbstractPredictor):
     name = "ancestral"
     requires_linear = True
 
-    def step(self, x, t, t_next, z):
+    def coefficients(self, t, t_next):
         sde = self.sde
         r, c, G = sde.transition(t_next, t)
         m_t, m_s = sde.mean_coeff(t), sde.mean_coeff(t_next)
         off_t, off_s = sde.mean_offset(t), sde.mean_offset(t_next)
         var_t, var_s, G2 = sde.std(t) ** 2, sde.std(t_next) ** 2, G**2
-        # x_mean = a x + b s + e, from substituting x̂_0 into the posterior mean.
+        # x_mean = a x + b s + d, from substituting x̂_0 into the posterior mean.
         a = (G2 * m_s / m_t + r * var_s) / var_t
         b = G2 * m_s / m_t
-        e = (G2 * (off_s - m_s * off_t / m_t) - r * var_s * c) / var_t
-        s = self.score(x, t.to(x.dtype))
-        x_mean = _col(a, x) * x + _col(b, x) * s + _col(e, x)
-        return x_mean + _col((var_s * G2 / var_t).sqrt(), x) * z, x_mean
+        d = (G2 * (off_s - m_s * off_t / m_t) - r * var_s * c) / var_t
+        return Affine(a, b, (var_s * G2 / var_t).sqrt(), d)
 
 
 PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral)}

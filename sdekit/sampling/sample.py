@@ -13,10 +13,13 @@ from .._checks import (
     check_positive_int,
     check_tensor,
 )
+from ..kernels import affine_update, normal, resolve_backend
+from ..kernels._args import noise_key
+from ..noise import check_sample_index, split_seed
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
 from .correctors import CORRECTORS
-from .denoise import tweedie_denoise
+from .denoise import check_denoisable, tweedie_coefficients
 from .grid import time_grid
 from .predictors import PREDICTORS
 
@@ -50,13 +53,53 @@ def _check_shape(shape) -> tuple:
     return shape
 
 
-def _initial_state(sde, shape, x_init, generator, device, dtype):
-    if x_init is None:
-        return sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
-    check_tensor("x_init", x_init)
-    if tuple(x_init.shape) != shape:
-        raise ValueError(f"x_init must have shape {shape}, got {tuple(x_init.shape)}")
-    return check_finite("x_init", x_init).clone()
+#: Noise stream of the prior draw; step ``i``'s corrector step ``j`` uses stream
+#: ``1 + i (K + 1) + j`` and its predictor ``1 + i (K + 1) + K`` (``K`` corrector steps).
+PRIOR_STREAM = 0
+
+
+def _resolve_seed(seed, generator, capturable: bool) -> int:
+    """The Philox key: ``seed``, else one draw from ``generator`` (or torch's global generator)."""
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("pass either seed or generator, not both (the generator only supplies a seed)")
+        split_seed(seed)
+        return seed
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    if capturable and gen_device.type != "cpu":
+        raise ValueError("capturable=True cannot draw the seed from a CUDA generator (a host sync): pass seed=")
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device)[0])
+
+
+def _sample_index(sample_index, B: int, device, capturable: bool) -> torch.Tensor:
+    if sample_index is None:
+        return torch.arange(B, dtype=torch.int64, device=device)
+    if capturable:  # shape, dtype and device only: reading the values would sync
+        noise_key(0, sample_index, 0, B, device)
+        return sample_index
+    return check_sample_index(sample_index, B).to(device)
+
+
+def _initial_state(sde, shape, x_init, seed, sample_index, device, dtype, backend, capturable):
+    if x_init is not None:
+        check_tensor("x_init", x_init)
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init must have shape {shape}, got {tuple(x_init.shape)}")
+        if not capturable:
+            check_finite("x_init", x_init)
+        return x_init.clone(memory_format=torch.contiguous_format)
+    z = normal(seed, sample_index, PRIOR_STREAM, shape[1:], dtype=dtype, backend=backend)
+    try:
+        return sde.prior_from_normal(z)
+    except NotImplementedError:
+        if capturable:
+            raise ValueError(f"capturable=True needs x_init, or an SDE with prior_from_normal(z); "
+                             f"{type(sde).__name__} has none") from None
+        # Deterministic in the seed, but not batch-size invariant: the SDE only offers prior_sample().
+        g = torch.Generator(device=device).manual_seed(seed % 2**63)
+        return sde.prior_sample(shape, generator=g, device=device, dtype=dtype)
 
 
 def sample(
@@ -81,6 +124,10 @@ def sample(
     device=None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    seed: int | None = None,
+    sample_index: torch.Tensor | None = None,
+    backend: str | None = None,
+    capturable: bool = False,
 ) -> SampleResult:
     """Draw samples by integrating the reverse-time SDE or the probability-flow ODE from ``T`` to ``eps``.
 
@@ -88,6 +135,15 @@ def sample(
     the corrector runs before the predictor at each ``t_i``), §4.3 (probability
     flow, solved there with scipy's RK45; here with a Dormand–Prince RK45 in
     torch on ``x``'s device with per-sample error control).
+
+    Noise: every draw (prior, predictor, corrector) is keyed Philox noise
+    (:mod:`sdekit.noise`) on ``(seed, sample_index[b], element, stream)``,
+    so sample ``b`` depends on ``sample_index[b]`` and not on the batch it is
+    drawn in: batches of 1, 7 or 64 (or shards of a job) give the same samples
+    for the same indices, on both backends (if the score model is itself
+    batch-invariant).  The Triton kernels draw it in registers; the PyTorch
+    path computes the same bits with :func:`sdekit.noise.counter_normal_unchecked`
+    (the two agree up to float32 rounding of ``log``/``cos``/``sin``).
 
     Args:
         score: score model ``score(x, t)``, ``x`` ``(B, *D)``, ``t`` ``(B,)`` → ``(B, *D)``.
@@ -104,7 +160,9 @@ def sample(
         eps: last time; default ``sde.sampling_eps`` (1e-3 VP/sub-VP, 1e-5 VE).
         denoise: return Tweedie's ``E[x_0 | x_eps]`` (one extra evaluation).
         rtol, atol: RK45 tolerances (``"ode"``).
-        generator: ``torch.Generator`` for the prior and all noise.
+        generator: fallback source of the seed: when ``seed`` is ``None``, one
+            integer is drawn from it (from torch's global generator if it is
+            ``None`` too) and used as ``seed``; same generator state → same samples.
         x_init: optional ``shape`` state at ``t = T`` instead of prior samples.
         timesteps: optional explicit decreasing grid (overrides ``steps``/``eps``;
             for ``"ode"`` only its end points are used).
@@ -114,15 +172,33 @@ def sample(
         device, dtype: of the samples when ``x_init`` is not given.
         progress: show a tqdm progress bar (for ``"ode"`` this costs one
             extra host sync per step to read the time).
+        seed: the noise key, an integer in [0, 2⁶⁴) (not together with ``generator``).
+        sample_index: int64 ``(B,)`` global indices of the samples (default
+            ``arange(B)``), values in [0, 2³²); give each shard of a job its own
+            range to get the samples one big batch would give.
+        backend: ``"auto"`` (Triton kernels for CUDA float32/16/bf16 data when
+            Triton imports, else PyTorch), ``"triton"``, ``"torch"``, or ``None``
+            (``$SDEKIT_BACKEND``, default ``"auto"``); see :func:`sdekit.kernels.resolve_backend`.
+        capturable: make the whole call free of host syncs, so that it can be
+            captured in one CUDA graph or compiled with
+            ``torch.compile(mode="reduce-overhead")``: the checks that read
+            device memory (``x_init`` finite, ``sample_index`` range) are
+            skipped, and fixed-step methods only.  Per-step coefficients are
+            always computed on the host, once, before the loop; the kernels read
+            ``sample_index`` from device memory, so a captured graph replayed
+            after ``sample_index.copy_(new)`` draws new samples.  Run once
+            before capturing (kernel compilation).
     Returns:
         :class:`SampleResult` with ``x`` of shape ``shape`` and per-sample NFE.
     Raises:
         ValueError / TypeError: on a bad argument (named in the message), a
             non-linear SDE for a method that needs closed forms, or a score model
             returning the wrong shape.
+        RuntimeError: ``backend="triton"`` where the kernels cannot run.
         ToleranceNotMetError: if RK45 cannot reach ``eps`` within ``max_steps``.
 
-    Host syncs: none inside the fixed-step loop; one per RK45 step for ``"ode"``.
+    Host syncs: none inside the fixed-step loop (none at all with
+    ``capturable=True``); one per RK45 step for ``"ode"``.
     """
     shape = _check_shape(shape)
     check_choice("method", method, METHODS)
@@ -130,40 +206,125 @@ def sample(
         check_choice("corrector", corrector, tuple(CORRECTORS))
         if method == "ode":
             raise ValueError("corrector must be None with method='ode' (Langevin correction needs a stochastic sampler)")
+    if capturable and method == "ode":
+        raise ValueError("capturable=True needs a fixed-step method: method='ode' adapts its steps on the host")
     check_choice("corrector_norm", corrector_norm, ("per_sample", "batch_mean"))
     snr = check_positive("snr", snr)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
     eps = sde.sampling_eps if eps is None else float(eps)
     score = checked_score(score)
-    x = _initial_state(sde, shape, x_init, generator, device, dtype)
-    grid = time_grid(sde, steps, eps, timesteps, device=x.device)
+    predictor = PREDICTORS[method](sde, score) if method != "ode" else None
+    if denoise:
+        check_denoisable(sde)
     B = shape[0]
+    dev = torch.empty(0, device=device).device  # canonical: "cuda" → "cuda:0"
+    if x_init is not None:
+        check_tensor("x_init", x_init)
+        dev, dtype = x_init.device, x_init.dtype
+    backend = resolve_backend(backend, dev, dtype)
+    idx = _sample_index(sample_index, B, dev, capturable)
     if method == "ode":
-        return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress)
+        seed = _resolve_seed(seed, generator, capturable)
+        x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, capturable)
+        grid = time_grid(sde, steps, eps, timesteps, device="cpu")
+        return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend)
 
-    predictor = PREDICTORS[method](sde, score)
     fix = None
     if corrector is not None:
         fix = CORRECTORS[corrector](sde, score, snr, corrector_steps, corrector_norm == "per_sample")
-    noise = lambda: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # noqa: E731
+    plan = _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise)
+    x = _initial_state(sde, shape, x_init, plan.seed, idx, dev, dtype, backend, capturable)
+    x = run_plan(plan, x, score, predictor, fix, idx, backend, progress=progress)
+    n = len(plan.times) - 1
+    nfe = n * (1 + plan.corrector_steps) + (plan.denoise is not None)
+    full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)  # noqa: E731
+    return SampleResult(x=x, nfe=full(nfe), steps=full(n))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Host-side schedule of a fixed-step sample: everything the loop needs, as Python numbers.
+
+    Attributes:
+        seed: the Philox key.
+        times: the ``N + 1`` grid times ``t_0 = T > … > t_N``.
+        coef: per-step ``(a, b, c, d)`` lists of the predictor's affine update,
+            or ``None`` (Euler–Maruyama without affine coefficients).
+        corrector: per-step corrector scalars (:meth:`AbstractCorrector.schedule`), or ``None``.
+        corrector_steps: ``K``, corrector steps per time step (0 without a corrector).
+        denoise: ``(a, b, d)`` of Tweedie's formula at ``t_N``, or ``None``.
+    """
+
+    seed: int
+    times: tuple
+    coef: tuple | None
+    corrector: tuple | None
+    corrector_steps: int
+    denoise: tuple | None
+
+
+@torch.compiler.disable
+def _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise) -> StepPlan:
+    """Build the :class:`StepPlan` on the host (float64 CPU tensors, converted to Python floats once).
+
+    Excluded from ``torch.compile`` tracing: it is host work by design, done
+    before the loop; under ``torch.compile`` it is the one graph break.
+    """
+    seed = _resolve_seed(seed, generator, capturable)
+    grid = time_grid(sde, steps, eps, timesteps, device="cpu")
     n = grid.numel() - 1
-    iterator = range(n)
+    K = fix.n_steps if fix is not None else 0
+    if n * (K + 1) >= 2**32:
+        raise ValueError(f"steps × (corrector_steps + 1) must be below 2**32 (one noise stream each), "
+                         f"got {n * (K + 1)}")
+    coef = predictor.coefficients(grid[:-1], grid[1:])
+    coef = None if coef is None else tuple(tuple(v.tolist()) for v in coef)
+    params = tuple(fix.schedule(grid[:-1], grid[1:])) if fix is not None else None
+    tweedie = None
+    if denoise:
+        tweedie = tuple(float(v) for v in tweedie_coefficients(sde, grid[-1:]))
+    return StepPlan(seed, tuple(grid.tolist()), coef, params, K, tweedie)
+
+
+def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *, progress: bool = False):
+    """The fixed-step predictor–corrector loop of :func:`sample` (Song et al. 2021, Algorithms 2–3).
+
+    Only device work and Python numbers: no host syncs, no reads of device
+    memory, so it compiles with ``torch.compile(fullgraph=True)`` and records
+    into a CUDA graph.  Noise streams: step ``i``'s corrector step ``j`` uses
+    ``1 + i (K + 1) + j``, its predictor ``1 + i (K + 1) + K``; the prior uses
+    :data:`PRIOR_STREAM`.  Returns the final state (denoised if ``plan.denoise``).
+    """
+    B, K, times = x.shape[0], plan.corrector_steps, plan.times
+    key = dict(seed=plan.seed, sample_index=sample_index, backend=backend)
+    iterator = range(len(times) - 1)
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc=f"sample ({method})", total=n)
-    ones = torch.ones(B, dtype=torch.float64, device=x.device)
+        iterator = tqdm(iterator, desc=f"sample ({predictor.name})", total=len(times) - 1)
     for i in iterator:
-        t, t_next = grid[i] * ones, grid[i + 1] * ones
-        if fix is not None:
-            x, _ = fix.correct(x, t, t_next, noise)
-        x, _ = predictor.step(x, t, t_next, noise())
-    nfe = n * (1 + (corrector_steps if fix is not None else 0))
-    if denoise:
-        x = tweedie_denoise(sde, score, x, grid[-1] * ones)
-        nfe += 1
-    full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)  # noqa: E731
-    return SampleResult(x=x, nfe=full(nfe), steps=full(n))
+        t = torch.full((B,), times[i], dtype=x.dtype, device=x.device)
+        for j in range(K):
+            x = fix.keyed_step(x, score(x, t), plan.corrector[i], stream=1 + i * (K + 1) + j, **key)
+        s = score(x, t)
+        stream = 1 + i * (K + 1) + K
+        if plan.coef is not None:
+            a, b, c, d = (v[i] for v in plan.coef)
+            x = affine_update(x, s, a, b, c, d, stream=stream, **key)
+        else:
+            x = predictor.general_step(x, s, t, times[i + 1] - times[i], stream=stream, **key)
+    if plan.denoise is not None:
+        a, b, d = plan.denoise
+        s = score(x, torch.full((B,), times[-1], dtype=x.dtype, device=x.device))
+        x = affine_update(x, s, a, b, 0.0, d, backend=backend)
+    return x
+
+
+def _denoise(sde, score, x, t_last: float, backend):
+    """Tweedie's ``E[x_0 | x]`` at time ``t_last`` as one fused noise-free update (one evaluation)."""
+    a, b, d = (float(v) for v in tweedie_coefficients(sde, torch.tensor([t_last], dtype=torch.float64)))
+    s = score(x, torch.full((x.shape[0],), t_last, dtype=x.dtype, device=x.device))
+    return affine_update(x, s, a, b, 0.0, d, backend=backend)
 
 
 def _ode_progress(func, t_start: float, t_end: float):
@@ -182,7 +343,7 @@ def _ode_progress(func, t_start: float, t_end: float):
     return wrapped, bar
 
 
-def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress) -> SampleResult:
+def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend) -> SampleResult:
     """Probability-flow sampling from ``grid[0]`` to ``grid[-1]`` with per-sample RK45.
 
     Only the end points of ``grid`` are used: the solver chooses its own steps.
@@ -198,6 +359,6 @@ def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress) -
         bar.close()
     x, nfe = sol.y, sol.nfe
     if denoise:
-        x = tweedie_denoise(sde, score, x, torch.full((x.shape[0],), t1, dtype=torch.float64, device=x.device))
+        x = _denoise(sde, score, x, t1, backend)
         nfe = nfe + 1
     return SampleResult(x=x, nfe=nfe, steps=sol.steps)

@@ -49,6 +49,14 @@ class AbstractSDE(abc.ABC):
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of the prior at ``z`` ``(B, *D)``, in nats, shape ``(B,)``."""
 
+    def prior_from_normal(self, z: torch.Tensor) -> torch.Tensor:
+        """Prior samples ``(B, *D)`` from standard normal noise ``z`` ``(B, *D)``, element-wise.
+
+        Lets samplers draw the prior from keyed noise (batch-size invariant,
+        :mod:`sdekit.noise`).  The base class raises ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define prior_from_normal(z)")
+
     def reverse(self, score):
         """The reverse-time SDE driven by ``score(x, t)`` (Song et al. 2021, eq. 6)."""
         from .reverse import ReverseSDE

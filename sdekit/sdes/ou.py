@@ -62,5 +62,8 @@ class OrnsteinUhlenbeck(AbstractLinearSDE):
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         return self.mu + self.stationary_std * z
 
+    def prior_from_normal(self, z):
+        return self.mu + self.stationary_std * z
+
     def prior_log_prob(self, z):
         return gaussian_log_prob(z, self.mu, self.stationary_std)

@@ -57,5 +57,8 @@ class VESDE(AbstractLinearSDE):
     def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
         return self.sigma_max * torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
+    def prior_from_normal(self, z):
+        return self.sigma_max * z
+
     def prior_log_prob(self, z):
         return gaussian_log_prob(z, 0.0, self.sigma_max)

@@ -58,6 +58,9 @@ class VPSDE(AbstractLinearSDE):
     def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
+    def prior_from_normal(self, z):
+        return z
+
     def prior_log_prob(self, z):
         return gaussian_log_prob(z, 0.0, 1.0)
 

@@ -1,0 +1,234 @@
+"""Fused affine update with in-kernel noise: ``x ← a·x + b·s + d + c·z``, z ~ N(0, I).
+
+Every reverse-time predictor of :mod:`sdekit.sampling` is this update with
+per-step scalars (Euler–Maruyama on a linear SDE, reverse diffusion,
+ancestral sampling: Song et al. 2021, App. D–E; Ho et al. 2020, eqs. 6–7),
+and so are the annealed Langevin corrector and the final Tweedie step.  In
+eager PyTorch it takes a normal draw plus 4–6 element-wise passes; the kernel
+reads ``x`` and ``s`` once and writes the result once (and optionally the
+noise-free mean ``a·x + b·s + d`` in the same pass), with ``z`` generated in
+registers by Philox keyed on ``(seed, sample index, element, stream)``.
+
+:func:`affine_update_ref` is the PyTorch reference (the same arithmetic, with
+the noise from :func:`sdekit.noise.counter_normal_unchecked`);
+:func:`affine_update_triton` the kernel; :func:`affine_update` picks one
+(:func:`sdekit.kernels.resolve_backend`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdekit.noise import counter_normal_unchecked
+
+from ._args import Coef, NoiseKey, check_data, check_out, coef, compute_dtype, noise_key
+from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_shape, tl, triton
+from .backend import resolve_backend
+
+if HAS_TRITON:
+    from .philox import key_words, normal_tile
+
+    @triton.jit
+    def load_coef(v, stride, rows, row_ok, IS_VEC: tl.constexpr):
+        """A coefficient as a ``(BLOCK_S, 1)`` float32 column: a scalar argument, or loaded per sample."""
+        if IS_VEC:
+            col = tl.load(v + rows * stride, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        else:
+            col = tl.zeros((rows.shape[0], 1), tl.float32) + v
+        return col
+
+    # Key words and stream are data, not compile-time constants (Triton would specialise a 1).
+    @triton.jit(do_not_specialize=["k0", "k1", "stream"])
+    def _affine_kernel(
+        out_ptr, mean_ptr, x_ptr, s_ptr, z_ptr, idx_ptr,
+        a, b, c, d, a_stride, b_stride, c_stride, d_stride,
+        B, N, chunks, k0, k1, stream,
+        A_VEC: tl.constexpr, B_VEC: tl.constexpr, C_VEC: tl.constexpr, D_VEC: tl.constexpr,
+        HAS_X: tl.constexpr, HAS_S: tl.constexpr, HAS_D: tl.constexpr,
+        NOISE: tl.constexpr, WRITE_MEAN: tl.constexpr,
+        BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
+    ):
+        # NOISE: 0 none, 1 Philox in the kernel, 2 z read from z_ptr.
+        pid = tl.program_id(0)
+        rb = pid // chunks
+        k = pid - rb * chunks
+        rows = rb * BLOCK_S + tl.arange(0, BLOCK_S)
+        cols = k * BLOCK_E + tl.arange(0, BLOCK_E)
+        row_ok = rows < B
+        mask = row_ok[:, None] & (cols < N)[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        acc = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
+        if HAS_X:
+            xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = load_coef(a, a_stride, rows, row_ok, A_VEC) * xv
+        if HAS_S:
+            sv = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = acc + load_coef(b, b_stride, rows, row_ok, B_VEC) * sv
+        if HAS_D:
+            acc = acc + load_coef(d, d_stride, rows, row_ok, D_VEC)
+        if WRITE_MEAN:
+            tl.store(mean_ptr + offs, acc.to(mean_ptr.dtype.element_ty), mask=mask)
+        if NOISE == 1:
+            kw0, kw1, st = key_words(k0, k1, stream)
+            sample = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.uint32)
+            z = normal_tile(k, sample, st, kw0, kw1, BLOCK_S, BLOCK_E)
+            acc = acc + load_coef(c, c_stride, rows, row_ok, C_VEC) * z
+        elif NOISE == 2:
+            z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = acc + load_coef(c, c_stride, rows, row_ok, C_VEC) * z
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out):
+    """Shared argument checks; returns ``(coefs, noise)`` with noise ``None``, ``("z", z)`` or ``("key", key)``."""
+    check_data("x", x)
+    check_data("s", s, x)
+    B = x.shape[0]
+    coefs = {n: coef(n, v, B, x.device) for n, v in (("a", a), ("b", b), ("c", c), ("d", d))}
+    if out is not None:
+        check_out(out, x)
+    noise = None
+    if not coefs["c"].is_zero():
+        if z is not None:
+            noise = ("z", check_data("z", z, x))
+        else:
+            noise = ("key", noise_key(seed, sample_index, stream, B, x.device))
+    return coefs, noise
+
+
+def affine_update_ref(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None, stream=0, z=None, out=None,
+                      return_mean=False):
+    """PyTorch reference of :func:`affine_update_triton` (same arguments, same arithmetic, any device).
+
+    Computes in float32 (float64 for float64 ``x``); the noise is
+    :func:`sdekit.noise.counter_normal_unchecked` with the same key, so it equals
+    the kernel's up to float32 rounding of ``log``/``cos``/``sin``.
+    """
+    coefs, noise = _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out)
+    cdt = compute_dtype(x.dtype)
+    col = {n: v.column(x, cdt) for n, v in coefs.items()}
+    mean = col["a"] * x.to(cdt)
+    mean = mean + col["b"] * s.to(cdt)
+    if not coefs["d"].is_zero():
+        mean = mean + col["d"]
+    new = mean
+    if noise is not None:
+        zz = noise[1].to(cdt) if noise[0] == "z" else _ref_normal(noise[1], x.shape[1:]).to(cdt)
+        new = mean + col["c"] * zz
+    new = _write(new, out, x.dtype)
+    return (new, mean.to(x.dtype)) if return_mean else new
+
+
+def _ref_normal(key: NoiseKey, shape) -> torch.Tensor:
+    return counter_normal_unchecked(key.k0, key.k1, key.stream, key.sample_index, tuple(shape))
+
+
+def _write(v, out, dtype):
+    if out is None:
+        return v.to(dtype)
+    out.copy_(v)
+    return out
+
+
+def affine_update_triton(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None, stream=0, z=None, out=None,
+                         return_mean=False):
+    """``x_new = a·x + b·s + d + c·z`` in one pass, z ~ N(0, I) drawn in the kernel.
+
+    Source of the noise layout: :mod:`sdekit.noise` (Philox4x32-10, Salmon et al.
+    2011; Box–Muller).  Arithmetic in float32, storage float32/float16/bfloat16.
+
+    Args:
+        x: ``(B, *D)`` state.  s: ``(B, *D)`` (usually the score), any float dtype.
+        a, b, c, d: Python floats, or tensors of shape ``()`` or ``(B,)`` on ``x``'s
+            device (per-sample coefficients, e.g. per-sample times); ``c = 0.0`` (a
+            Python zero) means no noise, ``d = 0.0`` no offset.
+        seed: Philox key, int in [0, 2⁶⁴) (needed when the noise is drawn).
+        sample_index: int64 ``(B,)`` global sample indices, default ``arange(B)``.
+        stream: int in [0, 2³²), e.g. the step number.
+        z: optional explicit noise ``(B, *D)`` instead of Philox (for tests).
+        out: optional contiguous output of ``x``'s shape and dtype; ``out=x`` updates in place.
+        return_mean: also return the noise-free ``a·x + b·s + d`` (same pass).
+    Returns:
+        ``x_new`` ``(B, *D)`` in ``x``'s dtype, or ``(x_new, x_mean)``.
+    Raises:
+        ValueError / TypeError: on a bad argument (named); a float64 tensor or a
+            non-CUDA tensor without ``TRITON_INTERPRET=1``.
+
+    Non-contiguous ``x``/``s``/``z`` are copied to contiguous memory first.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("affine_update_triton needs Triton (pip install 'sdekit[triton]'); use affine_update_ref")
+    coefs, noise = _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out)
+    check_kernel_tensor("x", x)
+    check_kernel_tensor("s", s, x)
+    new = out if out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
+    mean = torch.empty_like(new) if return_mean else None
+    _launch(new, mean, x.contiguous(), s.contiguous(), coefs, noise)
+    return (new, mean) if return_mean else new
+
+
+def _launch(new, mean, x, s, coefs: dict[str, Coef], noise):
+    """Launch the affine kernel; ``x`` or ``s`` may be ``None`` (then ``a`` or ``b`` is unused)."""
+    B = new.shape[0]
+    N = new.numel() // B
+    if N >= 2**31:
+        raise ValueError(f"each sample must have fewer than 2**31 elements, got {N}")
+    BLOCK_S, BLOCK_E = tile_shape(N)
+    chunks = triton.cdiv(N, BLOCK_E)
+    k0 = k1 = stream = 0
+    z = idx = None
+    mode = 0
+    if noise is not None and noise[0] == "key":
+        key = noise[1]
+        k0, k1, stream, idx, mode = as_int32_word(key.k0), as_int32_word(key.k1), as_int32_word(key.stream), \
+            key.sample_index, 1
+    elif noise is not None:
+        z, mode = noise[1].contiguous(), 2
+        check_kernel_tensor("z", z, new)
+    ref = new  # placeholder for pointers a constexpr flag leaves unused
+    args = [coefs[n].value for n in "abcd"] + [coefs[n].stride for n in "abcd"]
+    grid = (triton.cdiv(B, BLOCK_S) * chunks,)
+    _affine_kernel[grid](
+        new, mean if mean is not None else ref, x if x is not None else ref, s if s is not None else ref,
+        z if z is not None else ref, idx if idx is not None else ref,
+        *args, B, N, chunks, k0, k1, stream,
+        A_VEC=coefs["a"].is_vec, B_VEC=coefs["b"].is_vec, C_VEC=coefs["c"].is_vec, D_VEC=coefs["d"].is_vec,
+        HAS_X=x is not None, HAS_S=s is not None and not coefs["b"].is_zero(), HAS_D=not coefs["d"].is_zero(),
+        NOISE=mode, WRITE_MEAN=mean is not None, BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E, num_warps=NUM_WARPS,
+    )
+
+
+def affine_update(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None, stream=0, z=None, out=None,
+                  return_mean=False, backend=None):
+    """:func:`affine_update_triton` or :func:`affine_update_ref`, as ``backend`` resolves for ``x``.
+
+    ``backend``: ``"auto"`` (Triton for CUDA tensors of a kernel dtype when Triton
+    imports), ``"triton"``, ``"torch"``, or ``None`` (the ``SDEKIT_BACKEND``
+    environment variable, else ``"auto"``); see :func:`sdekit.kernels.resolve_backend`.
+    """
+    fn = affine_update_triton if resolve_backend(backend, x.device, x.dtype) == "triton" else affine_update_ref
+    return fn(x, s, a, b, c, d, seed=seed, sample_index=sample_index, stream=stream, z=z, out=out,
+              return_mean=return_mean)
+
+
+def normal(seed: int, sample_index: torch.Tensor, stream: int, shape, *, dtype=torch.float32, backend=None):
+    """Standard normals ``(B, *shape)`` keyed like :func:`sdekit.noise.counter_normal`, on ``sample_index``'s device.
+
+    The Triton path draws them with the affine kernel (``c = 1``, no ``x``/``s``);
+    the reference is :func:`sdekit.noise.counter_normal_unchecked`.  No host sync
+    (``sample_index`` values are not range-checked).
+    """
+    B = sample_index.shape[0]
+    key = noise_key(seed, sample_index, stream, B, sample_index.device)
+    if resolve_backend(backend, sample_index.device, dtype) == "torch":
+        return _ref_normal(key, tuple(shape)).to(dtype)
+    new = torch.empty((B,) + tuple(shape), dtype=dtype, device=sample_index.device)
+    check_kernel_tensor("output", new)
+    if new.numel() == 0:
+        return new
+    coefs = {"a": Coef(0.0, 0), "b": Coef(0.0, 0), "c": Coef(1.0, 0), "d": Coef(0.0, 0)}
+    _launch(new, None, None, None, coefs, ("key", key))
+    return new
+
+
+__all__ = ["affine_update", "affine_update_ref", "affine_update_triton", "normal"]

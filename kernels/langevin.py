@@ -1,0 +1,170 @@
+"""Langevin corrector step with the snr rule, in two passes over the data.
+
+``ε = 2 α (snr ‖z‖ / ‖s‖)²`` and ``x ← x + ε s + √(2ε) z`` (Song et al. 2021,
+Algorithm 5 for VE, 6 for VP with ``α = 1 − β_i``; ``α = 1`` is Alg. 5), with
+the norms per sample (default) or their batch mean (score_sde's rule), and
+``ε = 0`` where ``‖s‖ = 0``.  Pass 1 reads ``s`` and draws ``z`` in registers
+to accumulate per-sample ``‖s‖²`` and ``‖z‖²``; a tiny kernel adds the
+partials in a fixed order; ``ε`` is formed on the ``(B,)`` norms; pass 2 is
+the affine kernel, which reads ``x`` and ``s``, draws the same ``z`` again and
+writes ``x``.  Minimal traffic is one read of ``x`` and ``s`` and one write of
+``x``; the two passes read ``s`` twice.
+
+:func:`langevin_step_ref` is the PyTorch reference, :func:`langevin_step_triton`
+the kernels, :func:`langevin_step` dispatches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
+from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_shape, tl, triton
+from .affine import _launch, _ref_normal
+from .backend import resolve_backend
+from .reduce import row_sum
+
+if HAS_TRITON:
+    from .philox import key_words, normal_tile
+
+    # Key words and stream are data, not compile-time constants (Triton would specialise a 1).
+    @triton.jit(do_not_specialize=["k0", "k1", "stream"])
+    def _sq_norms_kernel(part_ptr, s_ptr, z_ptr, idx_ptr, B, N, chunks, k0, k1, stream,
+                         NOISE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
+        # part[0, b, k] = Σ s², part[1, b, k] = Σ z² over chunk k of sample b.  NOISE: 1 Philox, 2 read z.
+        pid = tl.program_id(0)
+        rb = pid // chunks
+        k = pid - rb * chunks
+        rows = rb * BLOCK_S + tl.arange(0, BLOCK_S)
+        cols = k * BLOCK_E + tl.arange(0, BLOCK_E)
+        row_ok = rows < B
+        col_ok = cols < N
+        mask = row_ok[:, None] & col_ok[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if NOISE == 1:
+            kw0, kw1, st = key_words(k0, k1, stream)
+            sample = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.uint32)
+            z = tl.where(mask, normal_tile(k, sample, st, kw0, kw1, BLOCK_S, BLOCK_E), 0.0)
+        else:
+            z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        part = rows.to(tl.int64) * chunks + k
+        tl.store(part_ptr + part, tl.sum(s * s, axis=1), mask=row_ok)
+        tl.store(part_ptr + B * chunks + part, tl.sum(z * z, axis=1), mask=row_ok)
+
+
+def step_size(s_norm: torch.Tensor, z_norm: torch.Tensor, snr: float, alpha, per_sample_norm: bool) -> torch.Tensor:
+    """``ε = 2 α (snr ‖z‖/‖s‖)²`` from per-sample norms ``(B,)``; 0 where ``‖s‖ = 0``.
+
+    ``per_sample_norm=False`` replaces both norms by their batch means first
+    (score_sde's ``LangevinCorrector``, which couples the samples of a batch).
+    ``alpha``: float or ``(B,)`` tensor.
+    """
+    if not per_sample_norm:
+        s_norm, z_norm = s_norm.mean().expand_as(s_norm), z_norm.mean().expand_as(z_norm)
+    ratio = torch.where(s_norm > 0, z_norm / torch.where(s_norm > 0, s_norm, torch.ones_like(s_norm)),
+                        torch.zeros_like(s_norm))
+    return 2 * alpha * (snr * ratio) ** 2
+
+
+def _inputs(x, s, snr, alpha, seed, sample_index, stream, z, out):
+    check_data("x", x)
+    check_data("s", s, x)
+    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not snr > 0 or snr == float("inf"):
+        raise ValueError(f"snr must be a finite number > 0, got {snr!r}")
+    alpha = coef("alpha", alpha, x.shape[0], x.device)
+    if out is not None:
+        check_out(out, x)
+    if z is not None:
+        return alpha, ("z", check_data("z", z, x))
+    return alpha, ("key", noise_key(seed, sample_index, stream, x.shape[0], x.device))
+
+
+def langevin_step_ref(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, sample_index=None, stream=0, z=None,
+                      out=None, return_mean=False):
+    """PyTorch reference of :func:`langevin_step_triton` (same arguments and results).
+
+    Arithmetic in float32 (float64 for float64 ``x``); the squared norms are
+    accumulated in float64, so the result does not depend on how torch splits
+    the reduction for a given batch size.
+    """
+    alpha, noise = _inputs(x, s, snr, alpha, seed, sample_index, stream, z, out)
+    cdt = compute_dtype(x.dtype)
+    zz = noise[1] if noise[0] == "z" else _ref_normal(noise[1], x.shape[1:])
+    s_c, z_c = s.to(cdt), zz.to(cdt)
+    s_norm = s_c.double().flatten(1).pow(2).sum(1).sqrt().to(cdt)
+    z_norm = z_c.double().flatten(1).pow(2).sum(1).sqrt().to(cdt)
+    a = alpha.value.to(cdt) if alpha.is_vec else alpha.value
+    eps = step_size(s_norm, z_norm, float(snr), a, per_sample_norm)
+    col = lambda v: v.reshape((-1,) + (1,) * (x.dim() - 1))  # noqa: E731
+    mean = x.to(cdt) + col(eps) * s_c
+    new = mean + col((2 * eps).sqrt()) * z_c
+    new = new.to(x.dtype) if out is None else out.copy_(new)
+    return (new, mean.to(x.dtype), eps) if return_mean else (new, eps)
+
+
+def langevin_step_triton(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, sample_index=None, stream=0,
+                         z=None, out=None, return_mean=False):
+    """One Langevin corrector step ``x ← x + ε s + √(2ε) z`` with ``ε = 2 α (snr ‖z‖/‖s‖)²``.
+
+    Source: Song et al. 2021, Algorithms 5–6 (score_sde's ``LangevinCorrector``
+    with per-sample norms by default).  Two passes over the data (plus a
+    ``(B, chunks)`` reduction); arithmetic float32, storage float32/float16/bfloat16.
+
+    Args:
+        x: ``(B, *D)`` state.  s: ``(B, *D)`` score at ``x``.
+        snr: signal-to-noise ratio ``r > 0``.
+        alpha: ``α`` (float or ``(B,)`` tensor; 1 for VE, ``1 − β_i`` for VP).
+        per_sample_norm: per-sample norms (True) or batch-mean norms (False).
+        seed, sample_index, stream: the noise key (see :func:`sdekit.kernels.affine_update`).
+        z: optional explicit noise ``(B, *D)`` instead of Philox (for tests).
+        out: optional contiguous output; ``out=x`` updates in place.
+        return_mean: also return ``x + ε s``.
+    Returns:
+        ``(x_new, eps)`` or ``(x_new, x_mean, eps)``; ``eps`` is float32 ``(B,)``.
+    Raises:
+        ValueError / TypeError: on a bad argument (named), as :func:`affine_update_triton`.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("langevin_step_triton needs Triton (pip install 'sdekit[triton]'); use langevin_step_ref")
+    alpha, noise = _inputs(x, s, snr, alpha, seed, sample_index, stream, z, out)
+    check_kernel_tensor("x", x)
+    check_kernel_tensor("s", s, x)
+    x, s = x.contiguous(), s.contiguous()
+    B = x.shape[0]
+    N = x.numel() // B
+    BLOCK_S, BLOCK_E = tile_shape(N)
+    chunks = triton.cdiv(N, BLOCK_E)
+    part = torch.empty((2, B, chunks), dtype=torch.float32, device=x.device)
+    if noise[0] == "key":
+        key = noise[1]
+        zt, idx, mode = part, key.sample_index, 1
+        k0, k1, st = as_int32_word(key.k0), as_int32_word(key.k1), as_int32_word(key.stream)
+    else:
+        zt = noise[1].contiguous()
+        check_kernel_tensor("z", zt, x)
+        idx, mode, k0, k1, st = part, 2, 0, 0, 0
+        noise = ("z", zt)
+    _sq_norms_kernel[(triton.cdiv(B, BLOCK_S) * chunks,)](
+        part, s, zt, idx, B, N, chunks, k0, k1, st, NOISE=mode, BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E,
+        num_warps=NUM_WARPS)
+    norms = row_sum(part.view(2 * B, chunks)).view(2, B).sqrt()
+    a = alpha.value.to(torch.float32) if alpha.is_vec else alpha.value
+    eps = step_size(norms[0], norms[1], float(snr), a, per_sample_norm)
+    new = out if out is not None else torch.empty_like(x)
+    mean = torch.empty_like(new) if return_mean else None
+    c = (2 * eps).sqrt()
+    coefs = {"a": Coef(1.0, 0), "b": Coef(eps, eps.stride(0)), "c": Coef(c, c.stride(0)), "d": Coef(0.0, 0)}
+    _launch(new, mean, x, s, coefs, noise)
+    return (new, mean, eps) if return_mean else (new, eps)
+
+
+def langevin_step(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, sample_index=None, stream=0, z=None,
+                  out=None, return_mean=False, backend=None):
+    """:func:`langevin_step_triton` or :func:`langevin_step_ref`, as ``backend`` resolves for ``x``."""
+    fn = langevin_step_triton if resolve_backend(backend, x.device, x.dtype) == "triton" else langevin_step_ref
+    return fn(x, s, snr, alpha, per_sample_norm=per_sample_norm, seed=seed, sample_index=sample_index, stream=stream,
+              z=z, out=out, return_mean=return_mean)
+
+
+__all__ = ["langevin_step", "langevin_step_ref", "langevin_step_triton", "step_size"]
