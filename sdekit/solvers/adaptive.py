@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_finite, check_positive, check_positive_int, check_tensor, expand_as_batch
+from ..kernels.backend import resolve_backend
+from ..kernels.rk import rk_combine_triton
 from .controller import PI_CONTROLLER, StepController
 from .rk import rk_combine, rk_interpolate, rk_stages, weighted_sum
 from .tableaus import DOPRI5, ButcherTableau
@@ -89,6 +91,7 @@ def solve_adaptive(
     controller: StepController = PI_CONTROLLER,
     args: tuple = (),
     t_eval: torch.Tensor | None = None,
+    backend: str | None = "auto",
 ) -> AdaptiveSolution:
     """Integrate ``dy/dt = func(t, y)`` from ``t0`` to ``t1``, each sample with its own steps.
 
@@ -113,6 +116,10 @@ def solve_adaptive(
         t_eval: optional ``(B, n)`` per-sample output times, monotone from
             ``t0`` to ``t1`` (``t_eval[:, 0] = t0``, ``t_eval[:, -1] = t1``);
             the states there are returned in ``ys``.
+        backend: ``"auto"`` (the fused Triton stage combination of
+            :func:`sdekit.kernels.rk_combine` for CUDA float32/16/bf16 data, the
+            PyTorch arithmetic otherwise), ``"triton"``, ``"torch"``, or ``None``
+            for ``$SDEKIT_BACKEND`` (see :mod:`sdekit.kernels.backend`).
     Returns:
         :class:`AdaptiveSolution` with the end state, per-sample counts and ``ys``.
     Raises:
@@ -133,10 +140,21 @@ def solve_adaptive(
         t0 = torch.as_tensor(t0, dtype=y0.dtype, device=y0.device).expand(B)
         t1 = torch.as_tensor(t1, dtype=y0.dtype, device=y0.device).expand(B)
         t_eval = torch.stack([t0, t1], dim=1)
-    return _integrate(func, y0, t_eval.to(y0.dtype), tableau, rtol, atol, max_steps, controller, args)
+    fused = resolve_backend(backend, y0.device, y0.dtype) == "triton"
+    return _integrate(func, y0, t_eval.to(y0.dtype), tableau, rtol, atol, max_steps, controller, args, fused)
 
 
-def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args) -> AdaptiveSolution:
+def _combine(tableau, yi, ks, step, rtol, atol, fused):
+    """New state and per-sample error norm of one step (fused Triton pass or PyTorch ops)."""
+    if fused:
+        y_new, err = rk_combine_triton(yi, ks, tableau.b, tableau.b_error, step, rtol, atol)
+        return y_new, err.to(yi.dtype)
+    y_new = rk_combine(yi, ks, step, tableau.b)
+    error = expand_as_batch(step, yi) * weighted_sum(ks, tableau.b_error)
+    return y_new, _rms(error / (atol + rtol * torch.maximum(yi.abs(), y_new.abs())))
+
+
+def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args, fused=False) -> AdaptiveSolution:
     """The per-sample adaptive loop; ``t_out`` is ``(B, n)`` with ``n >= 2``."""
     B, n = t_out.shape
     dev = y0.device
@@ -176,9 +194,7 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         hit = hi >= (t1i - ti).abs()
         step = torch.where(hit, t1i - ti, hi * di)
         ks = rk_stages(func, tableau, ti, yi, step, sel(k_first) if tableau.fsal else None, argi)
-        y_new = rk_combine(yi, ks, step, tableau.b)
-        error = expand_as_batch(step, yi) * weighted_sum(ks, tableau.b_error)
-        err = _rms(error / (atol + rtol * torch.maximum(yi.abs(), y_new.abs())))
+        y_new, err = _combine(tableau, yi, ks, step, rtol, atol, fused)
         accept = torch.isfinite(err) & (err <= 1.0)
         h_next = step.abs() * controller.factor(err, sel(err_prev), tableau.error_order, sel(last_rejected))
         t_next = torch.where(accept, torch.where(hit, t1i, ti + step), ti)
