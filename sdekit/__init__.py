@@ -6,10 +6,12 @@ Public API:
                  Langevin correctors, adaptive RK45 probability flow)
     Likelihood:  log_likelihood (Hutchinson or exact trace), bits_per_dim, dequantize
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
-    Solvers:     solve_adaptive (per-sample embedded RK), sdeint (forward Euler–Maruyama)
+    Solvers:     solve_adaptive (per-sample embedded RK), sdeint (SDE methods, sdekit or torchsde protocol)
+    Brownian:    BrownianTree (counter-based, per-sample, same path at every step size)
     Reference:   sdekit.testing.GaussianMixture (exact scores and densities)
 """
 
+from .brownian import BrownianTree
 from .likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood
 from .sampling import SampleResult, sample
 from .score_models import score_from_denoiser, score_from_epsilon, score_from_v, score_from_x0
@@ -49,4 +51,5 @@ __all__ = [
     "solve_adaptive",
     "sdeint",
     "ToleranceNotMetError",
+    "BrownianTree",
 ]
