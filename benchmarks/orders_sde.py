@@ -192,7 +192,11 @@ def markdown_table(rows: list[OrderRow]) -> str:
 
 
 def work_table(rows: list[OrderRow]) -> str:
-    """Strong error, NFE per step and wall time at ``dt = 2^-6`` and ``2^-9`` (where measured)."""
+    """Strong error, NFE per step and wall time at ``dt = 2^-6`` and ``2^-9`` (where measured).
+
+    Wall times include building the Brownian tree and are only comparable within one run
+    on an otherwise idle machine; NFE is the machine-independent measure of work.
+    """
     lines = ["| method | problem | NFE / step | error at dt=2⁻⁶ | error at dt=2⁻⁹ | wall (s) at dt=2⁻⁹ |",
              "|---|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -215,10 +219,10 @@ def plot_error_vs_work(rows: list[OrderRow], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        if r.work:
-            ax.loglog([w[2] / w[0] for w in r.work], [w[1] for w in r.work], marker="o", ms=3,
-                      label=f"{r.method} / {r.problem} ({r.sde_type[:5]})")
+    colors = plt.cm.tab20.colors
+    for i, r in enumerate(row for row in rows if row.work):
+        ax.loglog([w[2] / w[0] for w in r.work], [w[1] for w in r.work], marker="o", ms=3, color=colors[i % 20],
+                  label=f"{r.method} / {r.problem} ({r.sde_type[:5]})")
     ax.set_xlabel("NFE per path (drift + diffusion evaluations)")
     ax.set_ylabel("strong error E|Y_N − Y(T)|")
     ax.legend(fontsize=6)

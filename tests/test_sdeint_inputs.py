@@ -186,6 +186,7 @@ def _bad_g(shape_fn):
         (object(), Y0, {}, TypeError, "drift"),
         # Brownian sources.
         (GBM(), Y0, dict(seed=1, generator=torch.Generator()), ValueError, "seed and generator"),
+        (GBM(), Y0, dict(generator=torch.Generator(), sample_index=torch.arange(4)), ValueError, "sample_index"),
         (GBM(), Y0, dict(bm=BrownianTree(0.0, 1.0, (4, 3), seed=1)), ValueError, "bm has shape"),
         (GBM(), Y0, dict(bm=BrownianTree(0.0, 0.5, (4, 2), seed=1)), ValueError, "does not contain ts"),
         # torchsde arguments that are out of scope.

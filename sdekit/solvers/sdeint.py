@@ -42,8 +42,8 @@ def _brownian(bm, seed, sample_index, generator, times, grid, size, y0):
     given = [name for name, v in (("bm", bm), ("seed", seed), ("generator", generator)) if v is not None]
     if len(given) > 1:
         raise ValueError(f"give at most one of bm, seed and generator, got {' and '.join(given)}")
-    if sample_index is not None and bm is None and generator is not None:
-        raise ValueError("sample_index keys the counter-based noise: use it with seed, not generator")
+    if sample_index is not None and (bm is not None or generator is not None):
+        raise ValueError("sample_index keys sdeint's own Brownian tree: use it with seed (a bm carries its own)")
     if isinstance(bm, BrownianTree):
         if tuple(bm.shape) != size:
             raise ValueError(f"bm has shape {tuple(bm.shape)}, expected (batch, *noise shape) = {size}")
