@@ -7,6 +7,7 @@ Public API:
     Likelihood:  log_likelihood (Hutchinson or exact trace), bits_per_dim, dequantize
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
     Solvers:     odeint (fixed-step and adaptive RK, per-sample steps), solve_adaptive, sdeint
+    Brownian:    BrownianTree (counter-based, per-sample, same path at every step size)
     Reference:   sdekit.testing.GaussianMixture (exact scores and densities)
     Kernels:     sdekit.kernels (fused Triton update steps beside PyTorch references),
                  sdekit.noise (Philox noise keyed by seed, sample index, element, stream)
@@ -41,6 +42,7 @@ def _attach_source_kernels() -> None:
 
 _attach_source_kernels()
 
+from .brownian import BrownianTree
 from .likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood
 from .sampling import SampleResult, sample
 from .score_models import score_from_denoiser, score_from_epsilon, score_from_v, score_from_x0
@@ -82,4 +84,5 @@ __all__ = [
     "odeint",
     "ODESolution",
     "ToleranceNotMetError",
+    "BrownianTree",
 ]

@@ -407,7 +407,7 @@ def test_constructors_reject_inconsistent_parameters():
         (dict(dt=0.0), "dt"),
         (dict(dt=-1e-3), "dt"),
         (dict(dt=float("nan")), "dt"),
-        (dict(method="milstein"), "method"),
+        (dict(method="rk4"), "method"),
         (dict(y0=_t([[0.0], [float("nan")]])), "y0"),
         (dict(y0=_t([[float("inf")], [0.0]])), "y0"),
     ],

@@ -28,10 +28,14 @@ class AbstractSDE(abc.ABC):
         T: time horizon (SDE time units).
         sampling_eps: default smallest time a sampler integrates down to
             (score_sde's defaults: 1e-3 for VP / sub-VP, 1e-5 for VE).
+        noise_type, sde_type: what :func:`sdekit.sdeint` may assume (torchsde's names):
+            "diagonal" (``g_i`` depends on ``x_i`` only) and "ito".
     """
 
     T: float = 1.0
     sampling_eps: float = 1e-3
+    noise_type: str = "diagonal"
+    sde_type: str = "ito"
 
     @abc.abstractmethod
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -88,7 +92,10 @@ class AbstractLinearSDE(AbstractSDE):
     Subclasses give ``mean_coeff`` (m), ``std`` (σ) and optionally
     ``mean_offset`` (c, zero by default) and a numerically stable
     ``transition_var``.  All take and return tensors of ``t``'s shape and dtype.
+    The diffusion does not depend on ``x``: ``noise_type = "additive"``.
     """
+
+    noise_type: str = "additive"
 
     @abc.abstractmethod
     def mean_coeff(self, t: torch.Tensor) -> torch.Tensor:

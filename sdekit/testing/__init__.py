@@ -2,5 +2,7 @@
 
 from .convergence import OrderFit, fit_order
 from .mixture import GaussianMixture, example_mixture
+from .sde_problems import GBM, AdditiveProblem, ArctanProblem, NonlinearAdditiveProblem, ScalarNoiseGBM
 
 __all__ = ["GaussianMixture", "example_mixture", "fit_order", "OrderFit"]
+__all__ += ["GBM", "ScalarNoiseGBM", "ArctanProblem", "AdditiveProblem", "NonlinearAdditiveProblem"]

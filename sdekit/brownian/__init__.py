@@ -1,0 +1,7 @@
+"""Brownian motion for SDE solvers: a counter-based Brownian tree, a generator stream, torchsde adapters."""
+
+from .external import CallableBrownian
+from .sequential import SequentialBrownian
+from .tree import BrownianTree, depth_for_step
+
+__all__ = ["BrownianTree", "SequentialBrownian", "CallableBrownian", "depth_for_step"]

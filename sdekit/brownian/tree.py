@@ -1,0 +1,254 @@
+"""A stateless Brownian tree: Brownian motion keyed by (seed, sample index, time).
+
+Each sample's path is a pure function of ``(seed, sample_index, t0, t1, depth, t)``,
+so it can be queried at any times, in any order and in any batch, and the answer is
+always the same path: solving at ``dt`` and at ``dt/2`` sees the same Brownian motion,
+and a sample's noise does not depend on the batch it is drawn in.
+
+Construction (dyadic bisection carrying the increment *and* the space-time Lévy area,
+as in Foster, Lyons & Oberhauser 2020, §2, and torchsde's ``BrownianInterval``):
+
+* the root ``[t0, t1]`` draws ``(w, H)`` from stream 0;
+* node ``i`` of level ``ℓ`` (heap id ``2^ℓ + i``, the interval
+  ``[t0 + i δ_ℓ, t0 + (i+1) δ_ℓ]``, ``δ_ℓ = (t1 − t0)/2^ℓ``) splits into its two halves by
+  :func:`~sdekit.brownian.bridge.split_midpoint` with two normals drawn from stream
+  ``2^ℓ + i``;
+* a query strictly inside a leaf (level ``depth``) uses the Brownian bridge given that
+  leaf's ``(w, H)`` (:func:`~sdekit.brownian.bridge.interior_values`) with two normals
+  from stream ``2^depth + leaf``.
+
+Normals come from :func:`sdekit.noise.counter_normal_unchecked` (Philox4x32-10 keyed by
+``(seed, stream, sample index, element)``), so no state and no generator is kept.
+
+What is exact: a node's ``(w, H)`` does not depend on ``depth`` (children are drawn from
+the parent's exact conditional law), so the increments and areas between *nodes* — every
+multiple of ``(t1 − t0)/2^k`` for ``k ≤ depth`` — are exactly those of a Brownian motion,
+whatever the depth and the query pattern.  Points strictly inside leaves are exact too
+when each leaf holds at most one queried interior point (the bridge values in different
+leaves are conditionally independent given the nodes); two interior points in one leaf
+share that leaf's two normals, which is continuous and consistent but correlates them
+beyond Brownian motion below the leaf length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..noise import check_sample_index, counter_normal_unchecked, split_seed
+from .bridge import interior_values, root_values, split_midpoint
+
+#: Largest depth: stream ids ``2^depth + leaf`` must fit in 32 bits.
+MAX_DEPTH = 31
+#: Depth used when neither ``depth`` nor ``tol`` is given (leaves of (t1 − t0)/65536).
+DEFAULT_DEPTH = 16
+#: Budget of float64 values per tree level when evaluating many times at once.
+_CHUNK_VALUES = 2**21
+#: Positions within this many leaf lengths of a node are that node (absorbs rounding of grids).
+_SNAP = 1e-9
+
+
+def depth_for_step(t0: float, t1: float, step: float) -> int:
+    """Smallest depth whose leaves ``(t1 − t0)/2^depth`` are no longer than ``step``."""
+    ratio = (t1 - t0) / step
+    depth = max(0, math.ceil(math.log2(ratio) - 1e-12)) if ratio > 1 else 0
+    if depth > MAX_DEPTH:
+        raise ValueError(
+            f"step {step} is too small for a Brownian tree over [{t0}, {t1}] (needs depth {depth} > {MAX_DEPTH})"
+        )
+    return depth
+
+
+class BrownianTree:
+    """Brownian motion on ``[t0, t1]`` for a batch of samples, queryable at any time.
+
+    The path of sample ``b`` depends only on ``(seed, sample_index[b], t0, t1, depth)``;
+    see the module docstring for the construction and what is exact.  Also usable as a
+    torchsde ``bm``: ``tree(ta, tb)`` returns ``W(tb) − W(ta)`` and
+    ``tree(ta, tb, return_U=True)`` also ``∫_ta^tb (W_s − W_ta) ds``.
+
+    Args:
+        t0, t1: the time interval (SDE time), ``t0 < t1``, finite.
+        size: ``(B, *S)``: batch size and the per-sample shape of ``W``.
+        seed: integer in [0, 2⁶⁴), the Philox key.
+        sample_index: int64 tensor ``(B,)`` of per-sample keys in [0, 2³²)
+            (default ``arange(B)``); a sample keeps its path in any batch.
+        depth: number of bisection levels (0 … 31); leaves have length
+            ``(t1 − t0)/2^depth``.  Default: from ``tol``, else 16.
+        tol: alternatively, the longest allowed leaf (> 0).
+        dtype: dtype of returned tensors (the tree itself is evaluated in float64).
+        device: device of returned tensors (default: ``sample_index``'s, else CPU).
+    Raises:
+        ValueError: on a bad interval, size, seed, sample_index, depth or tol.
+    """
+
+    levy_area_approximation = "space-time"  # torchsde's name for "provides ∫W ds"
+
+    def __init__(self, t0, t1, size, *, seed: int, sample_index=None, depth=None, tol=None,
+                 dtype=torch.float32, device=None):
+        t0, t1 = float(t0), float(t1)
+        if not (math.isfinite(t0) and math.isfinite(t1) and t1 > t0):
+            raise ValueError(f"t0 < t1 must be finite, got t0={t0}, t1={t1}")
+        size = tuple(int(s) for s in size)
+        if len(size) < 1 or any(s < 1 for s in size):
+            raise ValueError(f"size must be (B, *S) with positive entries, got {size}")
+        self._key = split_seed(seed)
+        self.seed = seed
+        if sample_index is None:
+            sample_index = torch.arange(size[0], device=device)
+        self.sample_index = check_sample_index(sample_index, size[0])
+        self.device = torch.device(device) if device is not None else self.sample_index.device
+        self.sample_index = self.sample_index.to(self.device)
+        if depth is not None and tol is not None:
+            raise ValueError("give depth or tol, not both")
+        if tol is not None:
+            if not (float(tol) > 0 and math.isfinite(float(tol))):
+                raise ValueError(f"tol must be a finite number > 0, got {tol}")
+            depth = depth_for_step(t0, t1, float(tol))
+        elif depth is None:
+            depth = DEFAULT_DEPTH
+        if isinstance(depth, bool) or int(depth) != depth or not 0 <= int(depth) <= MAX_DEPTH:
+            raise ValueError(f"depth must be an integer in [0, {MAX_DEPTH}], got {depth!r}")
+        self.t0, self.t1, self.depth = t0, t1, int(depth)
+        self.shape = size
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return (f"BrownianTree(t0={self.t0}, t1={self.t1}, size={self.shape}, seed={self.seed}, "
+                f"depth={self.depth}, dtype={self.dtype}, device={self.device})")
+
+    # ------------------------------------------------------------------ internals
+
+    def _normals(self, streams: torch.Tensor, count: int) -> torch.Tensor:
+        """``count`` normals per (stream, sample) and element: float64 ``(N, count, B, *S)``."""
+        B, S = self.shape[0], self.shape[1:]
+        n = streams.shape[0]
+        rows_stream = streams.to(self.device).repeat_interleave(B)
+        rows_sample = self.sample_index.repeat(n)
+        z = counter_normal_unchecked(*self._key, rows_stream, rows_sample, (count,) + S)
+        return z.to(torch.float64).reshape((n, B, count) + S).transpose(1, 2)
+
+    def _positions(self, times: torch.Tensor):
+        """Leaf index (int64) and fraction ``r ∈ [0, 1]`` of each time, snapped to nodes."""
+        x = (times - self.t0) / (self.t1 - self.t0) * float(2**self.depth)
+        near = torch.round(x)
+        x = torch.where((x - near).abs() <= _SNAP, near, x)
+        leaf = torch.floor(x).clamp(0, 2**self.depth - 1)
+        return leaf.to(torch.int64), (x - leaf).clamp(0.0, 1.0)
+
+    def _evaluate_chunk(self, times: torch.Tensor):
+        leaf, r = self._positions(times)
+        wanted = torch.unique(leaf)  # sorted
+        # Root: W(t0) = 0, K(t0) = 0 and the root's (w, H).
+        z = self._normals(torch.zeros(1, dtype=torch.int64), 2)
+        length = self.t1 - self.t0
+        w, H = root_values(length, z[:, 0], z[:, 1])
+        W_a = torch.zeros_like(w)
+        K_a = torch.zeros_like(w)
+        nodes = torch.zeros(1, dtype=torch.int64)
+        for level in range(self.depth):
+            x = self._normals(2**level + nodes, 2)
+            wL, HL, wR, HR = split_midpoint(w, H, length, x[:, 0], x[:, 1])
+            half = 0.5 * length
+            uL = half * (HL + 0.5 * wL)  # ∫ over the left half of (W − W_a)
+            W_m = W_a + wL
+            K_m = K_a + uL
+            children = torch.unique(wanted >> (self.depth - level - 1))
+            parent = torch.searchsorted(nodes, children >> 1).to(self.device)
+            right = (children & 1).to(torch.bool).to(self.device)
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            right = right.reshape(shape)
+            w = torch.where(right, wR[parent], wL[parent])
+            H = torch.where(right, HR[parent], HL[parent])
+            K_a = torch.where(right, K_m[parent] + half * W_a[parent], K_a[parent])
+            W_a = torch.where(right, W_m[parent], W_a[parent])
+            nodes, length = children, half
+        # Per query: the leaf's values, then the bridge for interior points.
+        idx = torch.searchsorted(nodes, leaf).to(self.device)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        rq = r.to(self.device).reshape(shape)
+        wq, Hq, Wq, Kq = w[idx], H[idx], W_a[idx], K_a[idx]
+        interior = (r > 0) & (r < 1)
+        if not bool(interior.any()):
+            # Every query is a node (r = 0) or t1 (r = 1): no bridge needed.
+            return Wq + rq * wq, Kq + (rq * length) * (Wq + Hq + 0.5 * wq)
+        inner = torch.unique(leaf[interior])
+        xb = self._normals(2**self.depth + inner, 2)
+        sel = torch.searchsorted(inner, leaf).clamp(max=inner.numel() - 1).to(self.device)
+        keep = interior.to(self.device).reshape(shape)
+        x1 = torch.where(keep, xb[sel, 0], 0.0)
+        x2 = torch.where(keep, xb[sel, 1], 0.0)
+        dW, dU = interior_values(wq, Hq, length, rq, x1, x2)
+        return Wq + dW, Kq + (rq * length) * Wq + dU
+
+    # ------------------------------------------------------------------ public queries
+
+    def _times(self, times) -> torch.Tensor:
+        t = torch.as_tensor(times, dtype=torch.float64).reshape(-1).cpu()
+        if t.numel() and not bool(((t >= self.t0 - 1e-12 * abs(self.t1 - self.t0)) &
+                                   (t <= self.t1 + 1e-12 * abs(self.t1 - self.t0))).all()):
+            raise ValueError(f"times must lie in [t0, t1] = [{self.t0}, {self.t1}], got {t.tolist()}")
+        return t.clamp(self.t0, self.t1)
+
+    def evaluate(self, times) -> tuple[torch.Tensor, torch.Tensor]:
+        """Path values at ``times``: ``W(t) − W(t0)`` and ``∫_{t0}^t (W_s − W_{t0}) ds``.
+
+        Args:
+            times: 1-D sequence or tensor of times in ``[t0, t1]`` (any order, repeats allowed).
+        Returns:
+            two float64 tensors ``(len(times), B, *S)`` on the tree's device.
+        Raises:
+            ValueError: if a time lies outside ``[t0, t1]``.
+        """
+        t = self._times(times)
+        per_point = max(1, math.prod(self.shape))
+        chunk = max(1, _CHUNK_VALUES // per_point)
+        W, K = [], []
+        for i in range(0, t.numel(), chunk):
+            w, k = self._evaluate_chunk(t[i:i + chunk])
+            W.append(w)
+            K.append(k)
+        if not W:
+            empty = torch.zeros((0,) + self.shape, dtype=torch.float64, device=self.device)
+            return empty, empty
+        return torch.cat(W), torch.cat(K)
+
+    def increments(self, times, area: bool = False):
+        """Yield ``(ΔW, ΔZ)`` over consecutive steps ``[times[i], times[i+1]]``.
+
+        ``ΔW = W(t_{i+1}) − W(t_i)`` and ``ΔZ = ∫_{t_i}^{t_{i+1}} (W_s − W_{t_i}) ds`` (``None``
+        unless ``area``), each ``(B, *S)`` in the tree's dtype.  The path is evaluated
+        in chunks of steps, one batch of counter-based draws per tree level.
+        """
+        t = self._times(times)
+        per_point = max(1, math.prod(self.shape))
+        chunk = max(1, _CHUNK_VALUES // per_point)
+        for i in range(0, t.numel() - 1, chunk):
+            tc = t[i:i + chunk + 1]
+            W, K = self._evaluate_chunk(tc)
+            dW = (W[1:] - W[:-1]).to(self.dtype)
+            if area:
+                h = (tc[1:] - tc[:-1]).to(self.device).reshape((-1,) + (1,) * (W.dim() - 1))
+                dZ = (K[1:] - K[:-1] - h * W[:-1]).to(self.dtype)
+            for j in range(dW.shape[0]):
+                yield dW[j], (dZ[j] if area else None)
+
+    def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
+        """torchsde's ``bm`` protocol: ``W(tb) − W(ta)`` (and ``∫_ta^tb (W_s − W_ta) ds``).
+
+        With ``tb=None`` returns ``W(ta) − W(t0)``.  ``return_A`` (Lévy area between
+        channels) is not provided and raises ``ValueError``.
+        """
+        if return_A:
+            raise ValueError("BrownianTree provides the space-time Lévy area only (return_A is not supported)")
+        if tb is None:
+            ta, tb = self.t0, ta
+        ta, tb = float(ta), float(tb)
+        if tb < ta:
+            raise ValueError(f"need ta <= tb, got ta={ta}, tb={tb}")
+        W, K = self.evaluate([ta, tb])
+        dW = (W[1] - W[0]).to(self.dtype)
+        if not return_U:
+            return dW
+        return dW, (K[1] - K[0] - (tb - ta) * W[0]).to(self.dtype)

@@ -1,0 +1,18 @@
+"""Fixed-step SDE solvers: one module per method, a registry, and the SDE protocol adapter."""
+
+from .base import AbstractSDESolver
+from .euler import EulerMaruyama
+from .euler_heun import EulerHeun
+from .heun import Heun
+from .midpoint import Midpoint
+from .milstein import DerivativeFreeMilstein, Milstein
+from .problem import NOISE_TYPES, SDE_TYPES, SDEProblem, as_problem
+from .registry import METHODS, default_method, method_names, resolve
+from .reversible_heun import ReversibleHeun
+from .srk import SRA1Solver, SRA3Solver, SRI2Solver
+
+__all__ = [
+    "AbstractSDESolver", "EulerMaruyama", "Milstein", "DerivativeFreeMilstein", "Heun", "EulerHeun", "Midpoint",
+    "ReversibleHeun", "SRA1Solver", "SRA3Solver", "SRI2Solver", "METHODS", "resolve", "method_names",
+    "default_method", "SDEProblem", "as_problem", "NOISE_TYPES", "SDE_TYPES",
+]

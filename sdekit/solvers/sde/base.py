@@ -1,0 +1,88 @@
+"""The interface every fixed-step SDE solver implements.
+
+A solver is built for one :class:`~sdekit.solvers.sde.problem.SDEProblem`; the
+constructor checks that the problem's noise type and SDE type are supported and
+raises naming both otherwise.  State is explicit: ``init`` makes the solver state
+(empty for one-step methods), ``step`` maps ``(y, state)`` over one step to the new
+pair given the step's Brownian increment ``ΔW`` and, for methods with
+``uses_area``, ``ΔZ = ∫ (W_s − W_{t0}) ds`` over the step.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from .problem import SDEProblem
+
+
+class AbstractSDESolver(abc.ABC):
+    """A fixed-step SDE method.
+
+    Class attributes:
+        name: the ``method=`` string.
+        noise_types: the noise types it supports.
+        sde_types: the SDE types it supports for non-additive noise (with additive noise
+            Itô and Stratonovich coincide; see :meth:`supports`).
+        uses_area: whether ``step`` needs ``ΔZ``.
+        source: the paper / book and equation implemented.
+    """
+
+    name: str = ""
+    noise_types: tuple = ("diagonal", "additive", "scalar", "general")
+    sde_types: tuple = ("ito",)
+    uses_area: bool = False
+    needs_diffusion: bool = False  # needs G itself, not only products G·v (torchsde's g_prod)
+    source: str = ""
+
+    @classmethod
+    def supports(cls, noise_type: str, sde_type: str) -> bool:
+        """Whether the method applies to this noise type and SDE type."""
+        if noise_type not in cls.noise_types:
+            return False
+        return sde_type in cls.sde_types or noise_type == "additive"
+
+    @classmethod
+    @abc.abstractmethod
+    def strong_order(cls, noise_type: str) -> float:
+        """Declared strong order of convergence for this noise type."""
+
+    @classmethod
+    @abc.abstractmethod
+    def weak_order(cls, noise_type: str) -> float | None:
+        """Declared weak order of convergence for this noise type (``None``: not declared)."""
+
+    def __init__(self, problem: SDEProblem):
+        if problem.noise_type not in self.noise_types:
+            raise ValueError(
+                f"{self.name} does not support noise_type={problem.noise_type!r} "
+                f"(supported: {', '.join(self.noise_types)})"
+            )
+        if not self.supports(problem.noise_type, problem.sde_type):
+            raise ValueError(
+                f"{self.name} does not support sde_type={problem.sde_type!r} with "
+                f"noise_type={problem.noise_type!r} (it solves {' / '.join(self.sde_types)} SDEs)"
+            )
+        if self.needs_diffusion and not problem.has_diffusion:
+            raise ValueError(f"{self.name} needs the diffusion g(t, y); the SDE only defines g_prod")
+        self.problem = problem
+
+    def init(self, t0: torch.Tensor, y0: torch.Tensor) -> tuple:
+        """Solver state at the start (empty for one-step methods)."""
+        return ()
+
+    @abc.abstractmethod
+    def step(self, t0: torch.Tensor, h: float, y: torch.Tensor, state: tuple, dW: torch.Tensor, dZ):
+        """Advance ``y`` from ``t0`` to ``t0 + h``.
+
+        Args:
+            t0: 0-dim tensor, the step's start time.
+            h: the step size (> 0).
+            y: ``(B, *D)`` state at ``t0``.
+            state: the solver state.
+            dW: ``(B, *S)`` Brownian increment over the step.
+            dZ: ``(B, *S)`` ``∫_{t0}^{t0+h} (W_s − W_{t0}) ds``, or ``None`` unless ``uses_area``.
+        Returns:
+            ``(y1, state1)``.
+        """

@@ -1,0 +1,139 @@
+"""Rößler's stochastic Runge–Kutta methods of strong order 1.5: SRA (additive noise), SRI (diagonal noise)."""
+
+from __future__ import annotations
+
+import math
+
+from .base import AbstractSDESolver
+from .srk_tableaus import SRA1, SRA3, SRI2, SRATableau, SRITableau
+
+
+class _SRA(AbstractSDESolver):
+    """Explicit SRA scheme (Rößler 2010, eq. (6.1)) for ``dy = f(t, y) dt + g(t) dW``:
+
+        H_i = y + Σ_j A0_ij f(t + c0_j h, H_j) h + Σ_j B0_ij g(t + c1_j h) · I_(1,0)/h,
+        y₁  = y + Σ_i α_i f(t + c0_i h, H_i) h + Σ_i g(t + c1_i h) · (β1_i I_(1) + β2_i I_(1,0)/h),
+
+    with ``I_(1) = ΔW`` and ``I_(1,0) = ∫ (W_s − W_t) ds = ΔZ`` from the Brownian object
+    (space-time Lévy area).  Additive noise only, where Itô and Stratonovich coincide.
+    """
+
+    tableau: SRATableau = SRA1
+    noise_types = ("additive",)
+    sde_types = ("ito", "stratonovich")
+    uses_area = True
+    source = "Rößler 2010, SIAM J. Numer. Anal. 48(3), eq. (6.1), §6.1"
+
+    @classmethod
+    def strong_order(cls, noise_type):
+        return 1.5
+
+    def step(self, t0, h, y, state, dW, dZ):
+        p, tab = self.problem, self.tableau
+        i10 = dZ / h
+        # The diffusion does not depend on y: evaluate it once per distinct node c1.
+        G = {c: p.diffusion(t0 + c * h, y) for c in sorted(set(tab.c1))} if p.has_diffusion else None
+
+        def g_prod(c, v):
+            return p.prod(G[c], v) if G is not None else p.g_prod(t0 + c * h, y, v)
+
+        fs = []
+        y1 = y
+        for i in range(tab.stages):
+            H = y
+            for j in range(i):
+                if tab.A0[i][j]:
+                    H = H + (tab.A0[i][j] * h) * fs[j]
+                if tab.B0[i][j]:
+                    H = H + g_prod(tab.c1[j], tab.B0[i][j] * i10)
+            fs.append(p.drift(t0 + tab.c0[i] * h, H))
+            if tab.alpha[i]:
+                y1 = y1 + (tab.alpha[i] * h) * fs[i]
+            if tab.beta1[i] or tab.beta2[i]:
+                y1 = y1 + g_prod(tab.c1[i], tab.beta1[i] * dW + tab.beta2[i] * i10)
+        return y1, state
+
+
+class SRA1Solver(_SRA):
+    """SRA1 (two drift evaluations per step): strong order 1.5, weak order 2.0 (Rößler 2010, Table 6.1;
+    diffrax's SDE solver table)."""
+
+    name = "sra1"
+    tableau = SRA1
+
+    @classmethod
+    def weak_order(cls, noise_type):
+        return 2.0
+
+
+class SRA3Solver(_SRA):
+    """SRA3 (three drift evaluations per step): strong order 1.5, deterministic order 3 (Rößler 2010, Table 6.2).
+
+    Weak order not declared: we have no source stating it (strong order 1.5 implies weak
+    order ≥ 1.5 for Lipschitz test functions; benchmarks/orders_sde.py measures it).
+    """
+
+    name = "sra3"
+    tableau = SRA3
+
+    @classmethod
+    def weak_order(cls, noise_type):
+        return None
+
+
+class SRI2Solver(AbstractSDESolver):
+    """SRI2 for Itô SDEs with scalar or diagonal noise (Rößler 2010, eq. (6.2), Table 6.3):
+
+        H0_i = y + Σ_j A0_ij f(t + c0_j h, H0_j) h + Σ_j B0_ij g(t + c1_j h, H1_j) I_(1,0)/h,
+        H1_i = y + Σ_j A1_ij f(t + c0_j h, H0_j) h + Σ_j B1_ij g(t + c1_j h, H1_j) √h,
+        y₁ = y + Σ_i α_i f_i h + Σ_i (β1_i I_(1) + β2_i I_(1,1)/√h + β3_i I_(1,0)/h + β4_i I_(1,1,1)/h) g_i,
+
+    with ``I_(1,1) = (ΔW² − h)/2``, ``I_(1,1,1) = (ΔW³ − 3hΔW)/6`` per noise channel (diagonal
+    noise decouples the channels).  Strong order 1.5.  Weak order not declared: we have no
+    source stating it (strong order 1.5 implies weak order ≥ 1.5 for Lipschitz test
+    functions; benchmarks/orders_sde.py measures it).
+    """
+
+    name = "sri2"
+    tableau: SRITableau = SRI2
+    noise_types = ("diagonal", "scalar")
+    sde_types = ("ito",)
+    uses_area = True
+    needs_diffusion = True
+    source = "Rößler 2010, SIAM J. Numer. Anal. 48(3), eq. (6.2), Table 6.3"
+
+    @classmethod
+    def strong_order(cls, noise_type):
+        return 1.5
+
+    @classmethod
+    def weak_order(cls, noise_type):
+        return None
+
+    def step(self, t0, h, y, state, dW, dZ):
+        p, tab = self.problem, self.tableau
+        sqrt_h = math.sqrt(h)
+        i10 = dZ / h
+        i11 = (dW * dW - h) * (0.5 / sqrt_h)
+        i111 = (dW * dW * dW - 3.0 * h * dW) / (6.0 * h)
+        fs, gs = [], []
+        y1 = y
+        for i in range(tab.stages):
+            H0, H1 = y, y
+            for j in range(i):
+                if tab.A0[i][j]:
+                    H0 = H0 + (tab.A0[i][j] * h) * fs[j]
+                if tab.A1[i][j]:
+                    H1 = H1 + (tab.A1[i][j] * h) * fs[j]
+                if tab.B0[i][j]:
+                    H0 = H0 + tab.B0[i][j] * gs[j] * i10
+                if tab.B1[i][j]:
+                    H1 = H1 + (tab.B1[i][j] * sqrt_h) * gs[j]
+            needs_f = tab.alpha[i] or any(row[i] for row in tab.A0[i + 1:] + tab.A1[i + 1:] if len(row) > i)
+            fs.append(p.drift(t0 + tab.c0[i] * h, H0) if needs_f else None)
+            gs.append(p.diffusion_column(t0 + tab.c1[i] * h, H1))
+            if tab.alpha[i]:
+                y1 = y1 + (tab.alpha[i] * h) * fs[i]
+            weight = tab.beta1[i] * dW + tab.beta2[i] * i11 + tab.beta3[i] * i10 + tab.beta4[i] * i111
+            y1 = y1 + gs[i] * weight
+        return y1, state
