@@ -239,3 +239,25 @@ def test_steps_do_not_sync_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert x.device.type == "cuda"
+
+
+def test_begin_index_starts_midway_like_custom_timesteps():
+    """Image-to-image pipelines call set_begin_index(j) and loop over timesteps[j:]: the same run as
+    set_timesteps(timesteps=timesteps[j:]) (same grid, same noise)."""
+    model = _gaussian_model(SDEScheduler(clip_sample=False), "epsilon")
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def run(scheduler, timesteps):
+        gen = torch.Generator().manual_seed(6)
+        y = x
+        for t in timesteps:
+            y = scheduler.step(model(y, t), t, y, generator=gen).prev_sample
+        return y
+
+    midway = SDEScheduler(clip_sample=False)
+    midway.set_timesteps(10)
+    ks = midway.timesteps.clone()
+    midway.set_begin_index(4)
+    custom = SDEScheduler(clip_sample=False)
+    custom.set_timesteps(timesteps=ks[4:].tolist())
+    torch.testing.assert_close(run(midway, ks[4:]), run(custom, custom.timesteps), rtol=0, atol=0)

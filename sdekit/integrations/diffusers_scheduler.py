@@ -193,7 +193,6 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             self.order = 1 + corrector_steps
         else:
             self.order = 1
-        self._begin_index = 0
         self.set_timesteps(num_train_timesteps)
 
     # ------------------------------------------------------------------ timesteps
@@ -264,6 +263,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             self._grid_on(torch.device(device))
             self.sde._table(device)
         self._step_index = None
+        self._begin_index = 0  # as diffusers: a pipeline sets it after set_timesteps when it starts midway
         self._heun_state = None
 
     def set_begin_index(self, begin_index: int = 0):
