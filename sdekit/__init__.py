@@ -1,14 +1,17 @@
 """sdekit: SDE and ODE solvers for score-based diffusion models.
 
 Public API:
-    SDEs:        VPSDE, SubVPSDE, VESDE, OrnsteinUhlenbeck (sdekit.sdes)
+    SDEs:        VPSDE, SubVPSDE, VESDE, OrnsteinUhlenbeck, DiscreteVPSDE (DDPM), EDMSDE (sdekit.sdes)
     Sampling:    sample (Euler–Maruyama / reverse diffusion / ancestral predictors,
                  Langevin correctors, adaptive RK45 probability flow)
     Likelihood:  log_likelihood (Hutchinson or exact trace), bits_per_dim, dequantize
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
     Solvers:     odeint (fixed-step and adaptive RK, per-sample steps), solve_adaptive, sdeint
     Brownian:    BrownianTree (counter-based, per-sample, same path at every step size)
+    Guidance:    classifier_guidance, classifier_free_guidance
     Reference:   sdekit.testing.GaussianMixture (exact scores and densities)
+    Plug-ins:    sdekit.integrations.diffusers_scheduler.SDEScheduler (diffusers),
+                 sdekit.integrations.k_diffusion (k-diffusion samplers)
     Kernels:     sdekit.kernels (fused Triton update steps beside PyTorch references),
                  sdekit.noise (Philox noise keyed by seed, sample index, element, stream)
 """
@@ -43,12 +46,15 @@ def _attach_source_kernels() -> None:
 _attach_source_kernels()
 
 from .brownian import BrownianTree
+from .guidance import classifier_free_guidance, classifier_guidance
 from .likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood
 from .sampling import SampleResult, sample
 from .score_models import score_from_denoiser, score_from_epsilon, score_from_v, score_from_x0
 from .sdes import (
     AbstractLinearSDE,
     AbstractSDE,
+    DiscreteVPSDE,
+    EDMSDE,
     OrnsteinUhlenbeck,
     ProbabilityFlowODE,
     ReverseSDE,
@@ -67,6 +73,8 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "OrnsteinUhlenbeck",
+    "DiscreteVPSDE",
+    "EDMSDE",
     "ReverseSDE",
     "ProbabilityFlowODE",
     "sample",
@@ -85,4 +93,6 @@ __all__ = [
     "ODESolution",
     "ToleranceNotMetError",
     "BrownianTree",
+    "classifier_guidance",
+    "classifier_free_guidance",
 ]

@@ -10,11 +10,14 @@ from scipy import stats
 import sdekit
 from sdekit.demo import digits
 from sdekit.demo.baseline import GaussianBaseline
-from sdekit.demo.data import DATA_RANGE, LEVELS, dequantized_moments, load_digit_splits, to_pixels
+from sdekit.demo.data import (DATA_RANGE, LEVELS, dequantized_moments, load_digit_splits, load_labelled_splits,
+                               to_levels, to_pixels)
+from sdekit.demo.guided import classify, train_digit_classifier
 from sdekit.demo.train import TrainConfig, build_network, sample_times
 
 TINY = ["--train-steps", "15", "--batch-size", "32", "--width", "32", "--depth", "1", "--steps", "5",
-        "--n-samples", "4", "--n-test", "6", "--rtol", "1e-3", "--atol", "1e-3", "--no-progress"]
+        "--n-samples", "4", "--n-test", "6", "--rtol", "1e-3", "--atol", "1e-3", "--no-progress",
+        "--cond-train-steps", "15", "--n-per-class", "10", "--guidance-scales", "1", "3"]
 EXPECTED_ROWS = [
     "PC sampler (Euler-Maruyama + Langevin)",
     "Probability-flow ODE sampler (RK45)",
@@ -39,6 +42,13 @@ def test_tiny_run_writes_outputs(tiny_run):
     md = (out / "results.md").read_text()
     for method in EXPECTED_ROWS:
         assert f"| {method} |" in md
+    for name in ("samples_cfg_gamma1.png", "samples_cfg_gamma3.png", "guidance.md"):
+        assert (out / name).stat().st_size > 0
+    guided = result["guidance"]
+    assert guided.scales == [1.0, 3.0] and guided.accuracy.shape == (2, 10) and guided.samples.shape == (2, 10, 10, 64)
+    assert ((guided.accuracy >= 0) & (guided.accuracy <= 1)).all() and (guided.reference > 0.5).all()
+    assert "## Class-conditional digits, classifier-free guidance" in md and "| γ = 3 |" in md
+    assert not result["conditional_loaded"] and result["conditional_checkpoint"] != result["checkpoint"]
     sampling, likelihood = result["rows"][:2], result["rows"][2:]
     assert all(r.bpd is None and r.nfe >= 1 for r in sampling)
     assert sampling[0].nfe == 5 * 2 + 1  # predictor + one corrector step per step, + denoising
@@ -50,8 +60,9 @@ def test_tiny_run_writes_outputs(tiny_run):
 def test_second_run_loads_cache_and_reproduces(tiny_run):
     out, first = tiny_run
     second = digits.main(TINY + ["--out", str(out)])
-    assert second["loaded_checkpoint"]
+    assert second["loaded_checkpoint"] and second["conditional_loaded"]
     assert second["checkpoint"] == first["checkpoint"]
+    np.testing.assert_array_equal(second["guidance"].accuracy, first["guidance"].accuracy)
     # Same seed, same weights: the same numbers.
     assert [r.bpd for r in second["rows"]] == [r.bpd for r in first["rows"]]
     assert [r.nfe for r in second["rows"]] == [r.nfe for r in first["rows"]]
@@ -69,7 +80,9 @@ def test_changed_config_retrains(tiny_run):
 @pytest.mark.parametrize(
     "argv, name",
     [(["--n-samples", "10"], "--n-samples"), (["--train-steps", "0"], "--train-steps"),
-     (["--rtol", "-1"], "--rtol"), (["--time-sampling", "cosine"], "--time-sampling")],
+     (["--rtol", "-1"], "--rtol"), (["--time-sampling", "cosine"], "--time-sampling"),
+     (["--n-per-class", "5"], "--n-per-class"), (["--label-dropout", "1.5"], "--label-dropout"),
+     (["--guidance-scales", "nan"], "--guidance-scales")],
 )
 def test_bad_cli_input_names_the_argument(argv, name, capsys):
     with pytest.raises(SystemExit):
@@ -139,3 +152,35 @@ def test_likelihood_time_sampling_follows_its_density():
     assert stats.kstest(t.numpy(), cdf).pvalue > 1e-3
     # and it is not the uniform distribution
     assert stats.kstest(t.numpy(), stats.uniform(eps, sde.T - eps).cdf).pvalue < 1e-6
+
+
+def test_to_levels_inverts_dequantisation():
+    k = torch.arange(LEVELS).repeat(50)
+    x = sdekit.dequantize(k, LEVELS, DATA_RANGE, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(to_levels(x), k)
+
+
+def test_digit_classifier_is_accurate_on_real_test_digits():
+    train, train_labels, test, test_labels = load_labelled_splits(seed=0)
+    assert train.shape == (1437, 64) and test_labels.shape == (360,)
+    clf = train_digit_classifier(train, train_labels)
+    assert (classify(clf, test) == test_labels.numpy()).mean() > 0.9
+
+
+def test_untrained_conditional_network_ignores_the_label():
+    """Zero-initialised output layer: every label gives the same (Gaussian) ε̂, so guidance starts as a no-op;
+    with weights the labels matter."""
+    levels, labels, _, _ = load_labelled_splits(seed=0)
+    sde = sdekit.VPSDE()
+    net = build_network(TrainConfig(width=16, depth=1, num_classes=10, label_dropout=0.1), sde, levels)
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
+    t = torch.full((4,), 0.3)
+    with torch.no_grad():
+        outs = [net(x, t, torch.full((4,), y)) for y in (0, 5, net.null_label)]
+        torch.testing.assert_close(outs[0], outs[2])
+        torch.nn.init.normal_(net.out.weight, std=0.1)
+        assert not torch.allclose(net(x, t, torch.zeros(4, dtype=torch.int64)), net(x, t, torch.full((4,), 10)))
+    with pytest.raises(ValueError, match="y must be an int64"):
+        net(x, t, torch.zeros(4))
+    with pytest.raises(ValueError, match="label_dropout"):
+        TrainConfig(label_dropout=0.1)  # no classes

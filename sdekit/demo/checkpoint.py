@@ -48,7 +48,8 @@ class TrainedModel:
 
 
 def load_or_train(train_levels: torch.Tensor, sde, config: TrainConfig, out_dir: str | Path, *,
-                  split_seed: int, device="cpu", use_cache: bool = True, progress: bool = True) -> TrainedModel:
+                  split_seed: int, device="cpu", use_cache: bool = True, progress: bool = True,
+                  train_labels: torch.Tensor | None = None) -> TrainedModel:
     """Return the network for ``config``, from ``out_dir`` if cached, else train and cache it.
 
     The file is ``out_dir/checkpoint-<cache_key>.pt`` holding the EMA weights
@@ -64,6 +65,7 @@ def load_or_train(train_levels: torch.Tensor, sde, config: TrainConfig, out_dir:
         device: where the returned network lives.
         use_cache: ``False`` ignores an existing checkpoint (and overwrites it).
         progress: tqdm bar while training.
+        train_labels: ``(N,)`` int64 labels (class-conditional configs).
     Returns:
         :class:`TrainedModel`.
     """
@@ -77,7 +79,8 @@ def load_or_train(train_levels: torch.Tensor, sde, config: TrainConfig, out_dir:
         net.load_state_dict(state["state_dict"])
         net.eval().requires_grad_(False)
         return TrainedModel(net, True, path, time.perf_counter() - start, float("nan"))
-    net, losses = train_epsilon_net(train_levels, sde, config, device=device, progress=progress)
+    net, losses = train_epsilon_net(train_levels, sde, config, train_labels=train_labels, device=device,
+                                    progress=progress)
     seconds = time.perf_counter() - start
     tail = losses[-max(1, len(losses) // 10):]
     torch.save({"state_dict": net.state_dict(), "config": dataclasses.asdict(config)}, path)

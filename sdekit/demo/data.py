@@ -20,16 +20,17 @@ SIDE = 8
 DATA_RANGE = (-1.0, 1.0)
 
 
-def load_digit_splits(seed: int = 0, test_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load the digits and split them, stratified by class, into train and test.
+def load_labelled_splits(seed: int = 0, test_fraction: float = 0.2):
+    """Load the digits with their labels and split them, stratified by class, into train and test.
 
     Args:
         seed: seed of the split (``train_test_split``'s ``random_state``).
         test_fraction: share of the images held out, in (0, 1).
     Returns:
-        ``(train, test)``: int64 tensors of shape ``(N_train, 64)`` and
-        ``(N_test, 64)`` with pixel levels in ``{0, …, 16}`` (1,437 / 360 images
-        for the default 0.2).
+        ``(train, train_labels, test, test_labels)``: int64 tensors of shapes
+        ``(N_train, 64)``, ``(N_train,)``, ``(N_test, 64)``, ``(N_test,)``; pixel
+        levels in ``{0, …, 16}``, labels in ``{0, …, 9}`` (1,437 / 360 images for
+        the default 0.2).
     Raises:
         ValueError: if ``test_fraction`` is not in (0, 1).
     """
@@ -40,8 +41,37 @@ def load_digit_splits(seed: int = 0, test_fraction: float = 0.2) -> tuple[torch.
     train_idx, test_idx = train_test_split(
         index, test_size=test_fraction, stratify=labels, random_state=seed
     )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     levels = torch.as_tensor(images, dtype=torch.int64)
-    return levels[np.sort(train_idx)], levels[np.sort(test_idx)]
+    classes = torch.as_tensor(labels, dtype=torch.int64)
+    return levels[train_idx], classes[train_idx], levels[test_idx], classes[test_idx]
+
+
+def load_digit_splits(seed: int = 0, test_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of :func:`load_labelled_splits` without labels: ``(train (N_train, 64), test (N_test, 64))``.
+
+    Raises:
+        ValueError: if ``test_fraction`` is not in (0, 1).
+    """
+    train, _, test, _ = load_labelled_splits(seed, test_fraction)
+    return train, test
+
+
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """Quantise data-space values back to integer pixel levels: the bin each value falls in.
+
+    The inverse of dequantisation (:func:`sdekit.dequantize`): level ``k`` owns
+    ``[lo + kΔ, lo + (k+1)Δ)``.  Values outside ``DATA_RANGE`` belong to no bin
+    and go to the nearest end level (0 or 16), as an image format would store
+    them; use this to feed samples to models of the real (discrete) digits.
+
+    Args:
+        x: ``(…)`` tensor in data space.
+    Returns:
+        int64 tensor of the same shape with values in ``{0, …, 16}``.
+    """
+    lo, hi = DATA_RANGE
+    return torch.floor((x - lo) * (LEVELS / (hi - lo))).clamp(0, LEVELS - 1).to(torch.int64)
 
 
 def to_pixels(x: torch.Tensor) -> torch.Tensor:

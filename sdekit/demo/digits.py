@@ -14,6 +14,12 @@
    same dequantised test points.
 5. Prints a table (method, NFE per sample, wall time, bits/dim) and writes it
    to ``results.md`` in the output folder.
+6. Class-conditional digits: trains (or loads) one class-conditional network
+   with 10% label dropout to a null label, samples every class with
+   classifier-free guidance at each ``--guidance-scales`` γ (probability-flow
+   ODE), writes a PNG grid per γ (one row per class), and prints and writes
+   (``guidance.md``, and in ``results.md``) the per-class accuracy of the
+   samples under a logistic regression trained on the real training digits.
 
 Every random draw is seeded from ``--seed``; the same seed on the same
 machine gives the same numbers.
@@ -33,13 +39,15 @@ import sdekit
 
 from .baseline import GaussianBaseline
 from .checkpoint import load_or_train
-from .data import DATA_RANGE, DIM, LEVELS, load_digit_splits, to_pixels
+from .data import DATA_RANGE, DIM, LEVELS, load_labelled_splits, to_pixels
+from .guided import evaluate_guidance, train_digit_classifier
 from .plots import save_digit_grid
-from .report import Row, format_markdown, format_text
+from .report import Row, format_accuracy_markdown, format_accuracy_text, format_markdown, format_text
 from .train import TrainConfig
 
 #: Seeds of the separate random streams, as offsets from ``--seed``.
-STREAM_PC, STREAM_ODE, STREAM_TEST_DEQ, STREAM_TRAIN_DEQ, STREAM_PROBES = 1, 2, 3, 4, 5
+STREAM_PC, STREAM_ODE, STREAM_TEST_DEQ, STREAM_TRAIN_DEQ, STREAM_PROBES, STREAM_GUIDED = 1, 2, 3, 4, 5, 6
+NUM_CLASSES = 10
 
 
 def _positive_int(text: str) -> int:
@@ -53,6 +61,27 @@ def _square_int(text: str) -> int:
     value = _positive_int(text)
     if math.isqrt(value) ** 2 != value:
         raise argparse.ArgumentTypeError(f"must be a perfect square (for the image grid), got {text}")
+    return value
+
+
+def _at_least_ten(text: str) -> int:
+    value = _positive_int(text)
+    if value < 10:
+        raise argparse.ArgumentTypeError(f"must be >= 10 (a row of 10 digits per class in the grid), got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _dropout(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text}")
     return value
 
 
@@ -84,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=_positive_int, default=None, help="test images for bits/dim (default: all)")
     p.add_argument("--rtol", type=_positive_float, default=1e-5, help="RK45 relative tolerance (ODE sampling, likelihood)")
     p.add_argument("--atol", type=_positive_float, default=1e-5, help="RK45 absolute tolerance (ODE sampling, likelihood)")
+    p.add_argument("--cond-train-steps", type=_positive_int, default=3000,
+                   help="optimiser steps of the class-conditional network")
+    p.add_argument("--label-dropout", type=_dropout, default=0.1,
+                   help="probability of training the conditional network on the null label")
+    p.add_argument("--guidance-scales", type=_finite_float, nargs="+", default=[1.0, 3.0],
+                   help="classifier-free guidance scales γ to sample and score")
+    p.add_argument("--n-per-class", type=_at_least_ten, default=100,
+                   help="guided samples per class and scale (>= 10)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is much faster when other jobs load the CPU)")
     p.add_argument("--no-cache", action="store_true", help="retrain even if a checkpoint for this config exists")
@@ -118,8 +155,10 @@ def run(args: argparse.Namespace) -> dict:
 
     Returns:
         dict with ``rows`` (list of :class:`.report.Row`), ``loaded_checkpoint``
-        (bool), ``train_seconds``, ``checkpoint``, ``pngs`` (two paths) and
-        ``results_md`` (path).
+        (bool), ``train_seconds``, ``checkpoint``, ``pngs`` (two paths),
+        ``results_md`` (path), and for the guided part ``guidance``
+        (:class:`.guided.GuidanceResult`), ``guidance_pngs``, ``guidance_md``,
+        ``conditional_checkpoint``, ``conditional_loaded``, ``conditional_train_seconds``.
     Raises:
         ValueError: if ``args.device`` names an unavailable device.
     """
@@ -131,7 +170,8 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sde = sdekit.VPSDE(beta_min=0.1, beta_max=20.0, T=1.0)
 
-    train_levels, test_levels = load_digit_splits(seed=args.seed)
+    train_levels, train_labels, test_levels, test_labels = load_labelled_splits(seed=args.seed)
+    all_test_levels, all_test_labels = test_levels, test_labels
     if args.n_test is not None:
         test_levels = test_levels[: args.n_test]
     config = TrainConfig(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
@@ -184,15 +224,54 @@ def run(args: argparse.Namespace) -> dict:
             f"Network {source} in {trained.seconds:.1f} s ({config.steps} steps; {trained.path.name}).")
     text = format_text(rows)
     print(head, text, sep="\n\n", flush=True)
+
+    # 4) Class-conditional digits with classifier-free guidance, scored by a classifier of the real digits.
+    guided = _guidance(args, sde, device, out, train_levels, train_labels, all_test_levels, all_test_labels, progress)
+
     results_md = out / "results.md"
     results_md.write_text(
         "# sdekit digits demo\n\n" + head + "\n\n" + format_markdown(rows) + "\n\n"
         "bits/dim: mean over test images ± standard error over images; data dequantised "
         "uniformly into [-1, 1] (17 levels), converted with `sdekit.bits_per_dim`. "
-        "NFE and time of the likelihood rows are those of the likelihood computation.\n"
+        "NFE and time of the likelihood rows are those of the likelihood computation.\n\n"
+        + guided["markdown"]
     )
     return {"rows": rows, "loaded_checkpoint": trained.loaded, "train_seconds": trained.seconds,
-            "checkpoint": trained.path, "pngs": pngs, "results_md": results_md}
+            "checkpoint": trained.path, "pngs": pngs, "results_md": results_md, **guided["outputs"]}
+
+
+def _guidance(args, sde, device, out: Path, train_levels, train_labels, test_levels, test_labels, progress) -> dict:
+    """Train or load the conditional network, sample every class at every γ, score and report."""
+    config = TrainConfig(steps=args.cond_train_steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
+                         depth=args.depth, time_sampling=args.time_sampling, seed=args.seed,
+                         num_classes=NUM_CLASSES, label_dropout=args.label_dropout)
+    trained = load_or_train(train_levels, sde, config, out, split_seed=args.seed, device=device,
+                            use_cache=not args.no_cache, progress=progress, train_labels=train_labels)
+    classifier = train_digit_classifier(train_levels, train_labels, seed=args.seed)
+    result = evaluate_guidance(trained.net, sde, classifier, test_levels, test_labels, args.guidance_scales,
+                               args.n_per_class, rtol=args.rtol, atol=args.atol, seed=args.seed + STREAM_GUIDED,
+                               device=device)
+    pngs = []
+    for scale, samples in zip(result.scales, result.samples):
+        grid = samples[:, :10].reshape(NUM_CLASSES * 10, DIM)  # row c: ten samples of class c
+        pngs.append(save_digit_grid(to_pixels(grid), out / f"samples_cfg_gamma{scale:g}.png",
+                                    title=f"classifier-free guidance, γ = {scale:g} (row = class)"))
+    source = "loaded from cache" if trained.loaded else "trained"
+    head = (f"Class-conditional network ({config.steps} steps, label dropout {config.label_dropout:g}) {source} "
+            f"in {trained.seconds:.1f} s. {args.n_per_class} samples per class and scale, probability-flow ODE "
+            f"(RK45, rtol = {args.rtol:g}, atol = {args.atol:g}), classified by a logistic regression trained "
+            f"on the {len(train_levels)} real training digits (samples quantised to pixel levels).")
+    print("\n" + head, format_accuracy_text(result), sep="\n\n", flush=True)
+    markdown = ("## Class-conditional digits, classifier-free guidance\n\n" + head + "\n\n"
+                + format_accuracy_markdown(result) + "\n\nAccuracy: share of a class's samples the classifier "
+                "assigns to that class; last column: the classifier on the real test digits of that class. "
+                "NFE: network calls per sample, each on the doubled (conditional + null) batch.\n")
+    guidance_md = out / "guidance.md"
+    guidance_md.write_text("# sdekit digits demo: guidance\n\n" + markdown)
+    outputs = {"guidance": result, "guidance_pngs": pngs, "guidance_md": guidance_md,
+               "conditional_checkpoint": trained.path, "conditional_loaded": trained.loaded,
+               "conditional_train_seconds": trained.seconds}
+    return {"markdown": markdown, "outputs": outputs}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -111,11 +111,18 @@ class EpsilonMLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(x, t)
+        return self._epsilon(x, t, None)
+
+    def _epsilon(self, x: torch.Tensor, t: torch.Tensor, extra_embedding: torch.Tensor | None) -> torch.Tensor:
+        """ε̂; ``extra_embedding`` ``(B, width)`` (e.g. a label's) is added to the time embedding."""
         m = self.sde.mean_coeff(t).to(x.dtype)[:, None]
         s = self.sde.std(t).to(x.dtype)[:, None]
         y = (x - m * self.mean) @ self.evecs  # coordinates in C's eigenbasis
@@ -123,8 +130,48 @@ class EpsilonMLP(nn.Module):
         var = signal + s**2  # marginal variance per direction under N(μ, C)
         h = self.inp(y * var.rsqrt())
         emb = self.time_embed(torch.log(s[:, 0] / m[:, 0]))
+        if extra_embedding is not None:
+            emb = emb + extra_embedding
         for lin_in, lin_t, lin_out in zip(self.blocks_in, self.blocks_time, self.blocks_out):
             h = h + lin_out(self.dropout(nn.functional.silu(lin_in(nn.functional.silu(h)) + lin_t(emb))))
         residual = self.out(nn.functional.silu(h))
         eps_coords = s * y / var + (signal / var).sqrt() * residual
         return eps_coords @ self.evecs.T
+
+
+class ConditionalEpsilonMLP(EpsilonMLP):
+    """Class-conditional :class:`EpsilonMLP` ``ε̂(x, t, y)`` with a null label for classifier-free guidance.
+
+    A learned embedding of the label ``y ∈ {0, …, K}`` is added to the time
+    embedding; label ``K`` is the null label ∅, so the same network is also the
+    unconditional model (Ho & Salimans 2022: one network, labels dropped to ∅
+    during training).  The Gaussian preconditioning is the whole data set's for
+    every label, so everything a class adds is learned.  Use with
+    :func:`sdekit.classifier_free_guidance` (``null_label = K``) and
+    :func:`sdekit.score_from_epsilon`.
+
+    Args:
+        num_classes: K >= 1.
+        Others: as :class:`EpsilonMLP`.
+    Shapes:
+        ``forward(x, t, y)``: ``x`` ``(B, D)``, ``t`` ``(B,)``, ``y`` ``(B,)`` int64 → ``(B, D)``.
+    Raises:
+        ValueError: as :class:`EpsilonMLP`, if ``num_classes < 1``, and on call for
+            labels that are not an int64 ``(B,)`` tensor.
+        IndexError (on call): for a label outside ``{0, …, K}`` (checking first would cost a host sync).
+    """
+
+    def __init__(self, sde, data_mean, data_cov, num_classes: int, **kwargs):
+        super().__init__(sde, data_mean, data_cov, **kwargs)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.null_label = num_classes
+        self.label_embed = nn.Embedding(num_classes + 1, self.inp.out_features)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(x, t)
+        if y.shape != (x.shape[0],) or y.dtype != torch.int64:
+            raise ValueError(f"y must be an int64 tensor of shape (B,) = ({x.shape[0]},), "
+                             f"got {y.dtype} {tuple(y.shape)}")
+        return self._epsilon(x, t, self.label_embed(y))

@@ -51,3 +51,33 @@ def format_markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "| --- | ---: | ---: | ---: |"]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _accuracy_table(result) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-class accuracy table of a :class:`.guided.GuidanceResult`."""
+    header = ["class"] + [f"γ = {s:g}" for s in result.scales] + ["real test digits"]
+    rows = [[str(c)] + [f"{100 * a:.1f}%" for a in result.accuracy[:, c]] + [f"{100 * result.reference[c]:.1f}%"]
+            for c in range(result.accuracy.shape[1])]
+    mean = [f"{100 * a:.1f}%" for a in result.accuracy.mean(1)]
+    rows.append(["mean"] + mean + [f"{100 * result.reference.mean():.1f}%"])
+    rows.append(["NFE / sample"] + [f"{v:.1f}" for v in result.nfe] + ["-"])
+    rows.append(["wall time (s)"] + [f"{v:.1f}" for v in result.seconds] + ["-"])
+    return header, rows
+
+
+def format_accuracy_text(result) -> str:
+    """Fixed-width table: per-class accuracy of guided samples at each scale (and of real test digits)."""
+    header, rows = _accuracy_table(result)
+    table = [header] + rows
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    def fmt(line):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def format_accuracy_markdown(result) -> str:
+    """The same table in GitHub-flavoured markdown."""
+    header, rows = _accuracy_table(result)
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

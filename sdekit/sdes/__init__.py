@@ -1,6 +1,8 @@
-"""SDEs: abstract interfaces, VP / sub-VP / VE diffusion SDEs, Ornstein–Uhlenbeck."""
+"""SDEs: abstract interfaces, VP / sub-VP / VE diffusion SDEs, Ornstein–Uhlenbeck, DDPM and EDM schedules."""
 
 from .base import AbstractLinearSDE, AbstractSDE
+from .discrete_vp import DiscreteVPSDE
+from .edm import EDMSDE
 from .ou import OrnsteinUhlenbeck
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .subvp import SubVPSDE
@@ -14,6 +16,8 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "OrnsteinUhlenbeck",
+    "DiscreteVPSDE",
+    "EDMSDE",
     "ReverseSDE",
     "ProbabilityFlowODE",
 ]

@@ -86,6 +86,10 @@ class GaussianMixture:
         """Posterior component probabilities ``p(k | x)`` under ``p_t``, shape ``(B, K)``."""
         return torch.softmax(self._component_terms(x, sde, t)[2], dim=1)
 
+    def log_responsibilities(self, x: torch.Tensor, sde=None, t=None) -> torch.Tensor:
+        """``log p(k | x)`` under ``p_t``, shape ``(B, K)``: the exact noisy classifier (no underflow to −∞)."""
+        return torch.log_softmax(self._component_terms(x, sde, t)[2], dim=1)
+
     def score(self, x: torch.Tensor, sde=None, t=None) -> torch.Tensor:
         """Exact ``∇ₓ log p_t(x) = −Σ_k p(k|x) Σ_k(t)⁻¹ (x − μ_k(t))``, shape of ``x``."""
         _, prec_diff, log_joint = self._component_terms(x, sde, t)
