@@ -30,11 +30,12 @@ import argparse
 import datetime
 import os
 import re
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import make_timer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -60,25 +61,6 @@ def parse_args(argv=None):
     if not set(args.ops.split(",")) <= {"affine", "langevin", "rk"}:
         p.error("--ops takes a comma-separated subset of affine,langevin,rk")
     return args
-
-
-def make_timer(smoke: bool):
-    """``do_bench`` median in ms on the GPU; a wall-clock median (after one warm-up call) in smoke mode."""
-    if not smoke:
-        import triton.testing
-
-        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-    def wall(fn):
-        fn()
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    return wall
 
 
 def steps(torch, K, dtype, n: int, batch: int, compile_: bool):
@@ -232,7 +214,7 @@ def main(argv=None) -> int:
     dtype = getattr(torch, DTYPES[args.dtype])
     lo, hi = (8, 10) if args.smoke else (args.min_log2, args.max_log2)
     batch = min(args.batch, 1 << lo)
-    timer = make_timer(args.smoke)
+    timer = make_timer(args.smoke, rep=100)
     ops = args.ops.split(",")
     rows = []
     for k in range(lo, hi + 1):

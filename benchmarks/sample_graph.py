@@ -25,11 +25,12 @@ import argparse
 import datetime
 import os
 import re
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import make_timer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,24 +76,6 @@ def capture(torch, fn):
     return graph, out
 
 
-def make_timer(smoke: bool):
-    if not smoke:
-        import triton.testing
-
-        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-    def wall(fn):
-        fn()
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    return wall
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.smoke:
@@ -111,7 +94,7 @@ def main(argv=None) -> int:
     sde = sdekit.VPSDE()
     x0 = torch.randn(1, args.dim, device=device)
     t_fixed = torch.full((1,), 0.5, device=device)
-    timer = make_timer(args.smoke)
+    timer = make_timer(args.smoke, rep=200)
     rows, notes = [], []
 
     def forwards():

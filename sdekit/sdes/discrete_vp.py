@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_finite, check_tensor
-from .base import AbstractLinearSDE, gaussian_log_prob
+from .vp import BetaScheduleSDE
 
-class DiscreteVPSDE(AbstractLinearSDE):
+
+class DiscreteVPSDE(BetaScheduleSDE):
     """VP SDE ``dx = −½ β(t) x dt + √β(t) dW`` whose marginals are a DDPM schedule at its timesteps.
 
     A DDPM chain (Ho et al. 2020, eq. 2) has ``x_k = √α_k x_{k−1} + √(1 − α_k) z``
@@ -113,25 +114,3 @@ class DiscreteVPSDE(AbstractLinearSDE):
         s2 = s * s
         dB_du = 6 * (s2 - s) * (b0 - b1) + (3 * s2 - 4 * s + 1) * d0 + (3 * s2 - 2 * s) * d1
         return (dB_du * (self.num_timesteps / self.T)).to(t.dtype)
-
-    def drift(self, x, t):
-        return -0.5 * self.beta(t).reshape((-1,) + (1,) * (x.dim() - 1)) * x
-
-    def diffusion(self, x, t):
-        return self.beta(t).sqrt()
-
-    def mean_coeff(self, t):
-        return torch.exp(-0.5 * self.integrated_beta(t))
-
-    def std(self, t):
-        return torch.sqrt(-torch.expm1(-self.integrated_beta(t)))
-
-    def transition_var(self, s, t):
-        # 1 − m(t)²/m(s)², free of cancellation for close s, t.
-        return -torch.expm1(-(self.integrated_beta(t) - self.integrated_beta(s)))
-
-    def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-    def prior_log_prob(self, z):
-        return gaussian_log_prob(z, 0.0, 1.0)

@@ -9,7 +9,42 @@ from .._checks import check_positive
 from .base import AbstractLinearSDE, gaussian_log_prob
 
 
-class VPSDE(AbstractLinearSDE):
+class BetaScheduleSDE(AbstractLinearSDE):
+    """Base of VP SDEs ``dx = −½ β(t) x dt + √β(t) dW`` given by a noise schedule ``β(t)``.
+
+    A subclass provides ``beta(t)`` and ``integrated_beta(t) = B(t) = ∫₀ᵗ β``;
+    everything else follows in closed form (Song et al. 2021, Appendix B,
+    eq. 29): mean coefficient ``m(t) = exp(−½ B(t))``, marginal standard
+    deviation ``√(1 − m(t)²)``, exact transitions and the ``N(0, I)`` prior.
+    """
+
+    def drift(self, x, t):
+        return -0.5 * self.beta(t).reshape((-1,) + (1,) * (x.dim() - 1)) * x
+
+    def diffusion(self, x, t):
+        return self.beta(t).sqrt()
+
+    def mean_coeff(self, t):
+        return torch.exp(-0.5 * self.integrated_beta(t))
+
+    def std(self, t):
+        return torch.sqrt(-torch.expm1(-self.integrated_beta(t)))
+
+    def transition_var(self, s, t):
+        # 1 − m(t)²/m(s)², free of cancellation for close s, t.
+        return -torch.expm1(-(self.integrated_beta(t) - self.integrated_beta(s)))
+
+    def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def prior_from_normal(self, z):
+        return z
+
+    def prior_log_prob(self, z):
+        return gaussian_log_prob(z, 0.0, 1.0)
+
+
+class VPSDE(BetaScheduleSDE):
     """VP SDE ``dx = −½ β(t) x dt + √β(t) dW`` with ``β(t) = β_min + (t/T) (β_max − β_min)``.
 
     Source: Song et al. 2021, eq. 11 and Appendix B (eq. 29): the marginal is
@@ -38,30 +73,3 @@ class VPSDE(AbstractLinearSDE):
     def integrated_beta(self, t: torch.Tensor) -> torch.Tensor:
         """B(t) = ∫₀ᵗ β(u) du, shape of ``t``."""
         return self.beta_min * t + 0.5 * t**2 / self.T * (self.beta_max - self.beta_min)
-
-    def drift(self, x, t):
-        return -0.5 * self.beta(t).reshape((-1,) + (1,) * (x.dim() - 1)) * x
-
-    def diffusion(self, x, t):
-        return self.beta(t).sqrt()
-
-    def mean_coeff(self, t):
-        return torch.exp(-0.5 * self.integrated_beta(t))
-
-    def std(self, t):
-        return torch.sqrt(-torch.expm1(-self.integrated_beta(t)))
-
-    def transition_var(self, s, t):
-        # 1 − m(t)²/m(s)², free of cancellation for close s, t.
-        return -torch.expm1(-(self.integrated_beta(t) - self.integrated_beta(s)))
-
-    def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-    def prior_from_normal(self, z):
-        return z
-
-    def prior_log_prob(self, z):
-        return gaussian_log_prob(z, 0.0, 1.0)
-
-

@@ -86,3 +86,23 @@ class AbstractSDESolver(abc.ABC):
         Returns:
             ``(y1, state1)``.
         """
+
+
+class CommutativeStratonovichSolver(AbstractSDESolver):
+    """Base of the Heun-type Stratonovich schemes (heun, midpoint, euler_heun, reversible_heun).
+
+    They converge to the Stratonovich solution with strong order 1.0 for commutative
+    noise (diagonal, scalar, additive) and 0.5 for general noise, and weak order 1.0
+    (Burrage, Burrage & Tian 2004, Proc. R. Soc. Lond. A 460, §4).
+    """
+
+    sde_types = ("stratonovich",)
+    source = "Burrage, Burrage & Tian 2004, §4"
+
+    @classmethod
+    def strong_order(cls, noise_type):
+        return 0.5 if noise_type == "general" else 1.0
+
+    @classmethod
+    def weak_order(cls, noise_type):
+        return 1.0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import AbstractSDESolver
+from .base import CommutativeStratonovichSolver
 
 
-class EulerHeun(AbstractSDESolver):
+class EulerHeun(CommutativeStratonovichSolver):
     """Euler–Heun: ``ỹ = y + G·ΔW``, ``y₁ = y + f h + ½(G + G(t₁, ỹ))·ΔW``.
 
     The stochastic Heun method with the drift taken explicitly: one drift and two
@@ -15,16 +15,6 @@ class EulerHeun(AbstractSDESolver):
     """
 
     name = "euler_heun"
-    sde_types = ("stratonovich",)
-    source = "Burrage, Burrage & Tian 2004, §4"
-
-    @classmethod
-    def strong_order(cls, noise_type):
-        return 0.5 if noise_type == "general" else 1.0
-
-    @classmethod
-    def weak_order(cls, noise_type):
-        return 1.0
 
     def step(self, t0, h, y, state, dW, dZ):
         p = self.problem

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import AbstractSDESolver
+from .base import CommutativeStratonovichSolver
 
 
-class Heun(AbstractSDESolver):
+class Heun(CommutativeStratonovichSolver):
     """Stochastic Heun: predictor ``ỹ = y + f h + G·ΔW``, then
     ``y₁ = y + ½(f + f(t₁, ỹ)) h + ½(G + G(t₁, ỹ))·ΔW``.
 
@@ -16,16 +16,6 @@ class Heun(AbstractSDESolver):
     """
 
     name = "heun"
-    sde_types = ("stratonovich",)
-    source = "Burrage, Burrage & Tian 2004, §4"
-
-    @classmethod
-    def strong_order(cls, noise_type):
-        return 0.5 if noise_type == "general" else 1.0
-
-    @classmethod
-    def weak_order(cls, noise_type):
-        return 1.0
 
     def step(self, t0, h, y, state, dW, dZ):
         p = self.problem

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import AbstractSDESolver
+from .base import CommutativeStratonovichSolver
 
 
-class Midpoint(AbstractSDESolver):
+class Midpoint(CommutativeStratonovichSolver):
     """Midpoint: ``ỹ = y + ½ f h + ½ G·ΔW``, ``y₁ = y + f(t + h/2, ỹ) h + G(t + h/2, ỹ)·ΔW``.
 
     Converges to the Stratonovich solution (Burrage, Burrage & Tian 2004, §4; torchsde's
@@ -15,16 +15,6 @@ class Midpoint(AbstractSDESolver):
     """
 
     name = "midpoint"
-    sde_types = ("stratonovich",)
-    source = "Burrage, Burrage & Tian 2004, §4"
-
-    @classmethod
-    def strong_order(cls, noise_type):
-        return 0.5 if noise_type == "general" else 1.0
-
-    @classmethod
-    def weak_order(cls, noise_type):
-        return 1.0
 
     def step(self, t0, h, y, state, dW, dZ):
         p = self.problem

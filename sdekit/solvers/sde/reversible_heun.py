@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import AbstractSDESolver
+from .base import CommutativeStratonovichSolver
 
 
-class ReversibleHeun(AbstractSDESolver):
+class ReversibleHeun(CommutativeStratonovichSolver):
     """Reversible Heun (Kidger, Foster, Li & Lyons 2021, "Efficient and accurate gradients
     for neural SDEs", NeurIPS, §3, eq. (4)).
 
@@ -21,17 +21,8 @@ class ReversibleHeun(AbstractSDESolver):
     """
 
     name = "reversible_heun"
-    sde_types = ("stratonovich",)
     needs_diffusion = True
     source = "Kidger et al. 2021, §3, eq. (4)"
-
-    @classmethod
-    def strong_order(cls, noise_type):
-        return 0.5 if noise_type == "general" else 1.0
-
-    @classmethod
-    def weak_order(cls, noise_type):
-        return 1.0
 
     def init(self, t0, y0):
         f, G = self.problem.drift_and_diffusion(t0, y0)

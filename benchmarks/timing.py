@@ -1,0 +1,29 @@
+"""Shared timer for the GPU benchmarks: ``triton.testing.do_bench`` medians, or wall clock in smoke mode."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def make_timer(smoke: bool, rep: int = 100):
+    """Return ``timer(fn) -> milliseconds``.
+
+    On a GPU: the median of ``triton.testing.do_bench`` (25 ms warm-up, ``rep`` ms of repetitions).
+    In smoke mode (CPU, Triton interpreter): the wall-clock median of 3 calls after one warm-up call.
+    """
+    if not smoke:
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+    def wall(fn):
+        fn()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return wall
