@@ -75,3 +75,24 @@ def check_kernel_tensor(name: str, t: torch.Tensor, like: torch.Tensor | None = 
 def as_int32_word(v: int) -> int:
     """A 32-bit word in [0, 2³²) as the signed int32 with the same bits (one kernel signature for all keys)."""
     return v - (1 << 32) if v >= (1 << 31) else v
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def tile_index(pid, chunks, B, N, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Program ``pid``'s tile: ``BLOCK_S`` samples × ``BLOCK_E`` elements of chunk ``pid % chunks``.
+
+        Returns ``(k, rows, cols, row_ok, mask, offs)``: the chunk number, sample and
+        element indices, the in-range masks and the int64 element offsets ``rows·N + cols``.
+        """
+        rb = pid // chunks
+        k = pid - rb * chunks
+        rows = rb * BLOCK_S + tl.arange(0, BLOCK_S)
+        cols = k * BLOCK_E + tl.arange(0, BLOCK_E)
+        row_ok = rows < B
+        mask = row_ok[:, None] & (cols < N)[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        return k, rows, cols, row_ok, mask, offs
+else:
+    tile_index = None

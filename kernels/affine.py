@@ -22,7 +22,7 @@ import torch
 from sdekit.noise import counter_normal_unchecked
 
 from ._args import Coef, NoiseKey, check_data, check_out, coef, compute_dtype, noise_key
-from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_shape, tl, triton
+from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_index, tile_shape, tl, triton
 from .backend import resolve_backend
 
 if HAS_TRITON:
@@ -49,14 +49,7 @@ if HAS_TRITON:
         BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
     ):
         # NOISE: 0 none, 1 Philox in the kernel, 2 z read from z_ptr.
-        pid = tl.program_id(0)
-        rb = pid // chunks
-        k = pid - rb * chunks
-        rows = rb * BLOCK_S + tl.arange(0, BLOCK_S)
-        cols = k * BLOCK_E + tl.arange(0, BLOCK_E)
-        row_ok = rows < B
-        mask = row_ok[:, None] & (cols < N)[None, :]
-        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        k, rows, cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
         acc = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
         if HAS_X:
             xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
-from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_shape, tl, triton
+from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_index, tile_shape, tl, triton
 from .affine import _launch, _ref_normal
 from .backend import resolve_backend
 from .reduce import row_sum
@@ -32,15 +32,7 @@ if HAS_TRITON:
     def _sq_norms_kernel(part_ptr, s_ptr, z_ptr, idx_ptr, B, N, chunks, k0, k1, stream,
                          NOISE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
         # part[0, b, k] = Σ s², part[1, b, k] = Σ z² over chunk k of sample b.  NOISE: 1 Philox, 2 read z.
-        pid = tl.program_id(0)
-        rb = pid // chunks
-        k = pid - rb * chunks
-        rows = rb * BLOCK_S + tl.arange(0, BLOCK_S)
-        cols = k * BLOCK_E + tl.arange(0, BLOCK_E)
-        row_ok = rows < B
-        col_ok = cols < N
-        mask = row_ok[:, None] & col_ok[None, :]
-        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        k, rows, cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
         s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if NOISE == 1:
             kw0, kw1, st = key_words(k0, k1, stream)

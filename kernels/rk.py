@@ -24,7 +24,7 @@ import math
 import torch
 
 from ._args import check_data, check_out, coef, compute_dtype
-from ._triton import HAS_TRITON, NUM_WARPS, check_kernel_tensor, tile_shape, tl, triton
+from ._triton import HAS_TRITON, NUM_WARPS, check_kernel_tensor, tile_index, tile_shape, tl, triton
 from .backend import resolve_backend
 from .reduce import row_sum
 
@@ -53,14 +53,7 @@ if HAS_TRITON:
         BMASK: tl.constexpr, EMASK: tl.constexpr, H_VEC: tl.constexpr,
         BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        rb = pid // chunks
-        k = pid - rb * chunks
-        rows = rb * BLOCK_S + tl.arange(0, BLOCK_S)
-        cols = k * BLOCK_E + tl.arange(0, BLOCK_E)
-        row_ok = rows < B
-        mask = row_ok[:, None] & (cols < N)[None, :]
-        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        k, rows, cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
         acc_b = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
         acc_e = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
         acc_b, acc_e = _stage(acc_b, acc_e, k0, offs, mask, b0, e0, (BMASK >> 0) & 1, (EMASK >> 0) & 1)
