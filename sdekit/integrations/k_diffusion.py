@@ -137,14 +137,8 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
         ValueError / TypeError: on bad ``x``/``sigmas`` (not decreasing, negative,
             non-finite) or a model output of the wrong shape.
     """
-    sde, denoiser, _, flow, values = _setup(model, x, sigmas, extra_args)
-    ones = x.new_ones([x.shape[0]])
-    for i in trange(len(values) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas[i] * ones, values, i, s_churn, s_tmin, s_tmax, s_noise, sde, generator)
-        d = flow.drift(x, sigma_hat)
-        _report(callback, x, i, sigmas[i], sigma_hat[0], denoiser)
-        x = x + d * expand_as_batch(sigmas[i + 1] - sigma_hat, x)
-    return x
+    return _churned_flow(model, x, sigmas, extra_args, callback, disable, (s_churn, s_tmin, s_tmax, s_noise),
+                         generator, heun=False)
 
 
 @torch.no_grad()
@@ -156,18 +150,23 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     ``sample_heun``).  Two model calls per step (one on the last step to 0).
     Arguments, return value and errors: as :func:`sample_euler`.
     """
+    return _churned_flow(model, x, sigmas, extra_args, callback, disable, (s_churn, s_tmin, s_tmax, s_noise),
+                         generator, heun=True)
+
+
+def _churned_flow(model, x, sigmas, extra_args, callback, disable, churn, generator, heun: bool):
+    """Karras et al. 2022, Alg. 2: churn, then an Euler step (and Heun's correction unless the next σ is 0)."""
     sde, denoiser, _, flow, values = _setup(model, x, sigmas, extra_args)
     ones = x.new_ones([x.shape[0]])
     for i in trange(len(values) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas[i] * ones, values, i, s_churn, s_tmin, s_tmax, s_noise, sde, generator)
+        x, sigma_hat = _churn(x, sigmas[i] * ones, values, i, *churn, sde, generator)
         d = flow.drift(x, sigma_hat)
         _report(callback, x, i, sigmas[i], sigma_hat[0], denoiser)
         dt = expand_as_batch(sigmas[i + 1] - sigma_hat, x)
-        if values[i + 1] == 0:
+        if not heun or values[i + 1] == 0:
             x = x + d * dt
         else:
-            x_euler = x + d * dt
-            d_next = flow.drift(x_euler, sigmas[i + 1] * ones)
+            d_next = flow.drift(x + d * dt, sigmas[i + 1] * ones)
             x = x + (d + d_next) / 2 * dt
     return x
 
