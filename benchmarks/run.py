@@ -34,6 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("MPLBACKEND", "Agg")  # suites plot without a display
+sys.path.insert(0, str(HERE.parent))  # the checkout's sdekit, for the suites' summaries
 SUITES = ("paths", "ode", "likelihood", "quality", "kernels")
 LIBRARIES = (
     "sdekit", "torch", "numpy", "scipy", "torchsde", "torchdiffeq", "torchode", "diffusers", "k-diffusion",
@@ -87,7 +88,9 @@ def run_pytest(suites, quick: bool, raw_json: Path, extra) -> int:
         "--benchmark-sort=name", *(["--quick"] if quick else []), *extra,
     ]
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=HERE)
+    env = dict(os.environ)  # the checkout's sdekit first, installed or not
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return subprocess.call(cmd, cwd=HERE, env=env)
 
 
 def rows_from(raw: dict) -> list[dict]:
