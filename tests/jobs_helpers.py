@@ -25,7 +25,7 @@ def env():
     return e
 
 
-def run(args, extra_env=None, timeout=240):
+def run(args, extra_env=None, timeout=150):
     """Run ``python ARGS`` in a subprocess; returns the CompletedProcess."""
     return subprocess.run([sys.executable] + list(args), env=dict(env(), **(extra_env or {})), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)

@@ -12,6 +12,7 @@ that finish early (they simply wait there).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ class DistContext:
     Attributes:
         rank, world_size: of the default process group (0, 1 without one).
         device: this rank's device (``cuda:LOCAL_RANK`` for a CUDA job).
-        owns_group: whether :func:`join` created the process group (and :meth:`close` destroys it).
+        owns_group: whether :func:`join` created the process group (it is then
+            destroyed at interpreter exit, so that several jobs can run in one process).
     """
 
     rank: int
@@ -39,13 +41,6 @@ class DistContext:
         """Wait for every rank (no-op for one rank)."""
         if self.world_size > 1:
             dist.barrier()
-
-    def close(self) -> None:
-        """Destroy the process group if :func:`join` created it."""
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
-
 
 def join(device: str = "cpu", timeout_s: float = 7200.0) -> DistContext:
     """Join the job's process group (or run as one rank) and pick this rank's device.
@@ -65,6 +60,7 @@ def join(device: str = "cpu", timeout_s: float = 7200.0) -> DistContext:
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if device == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        atexit.register(_destroy)
         owns = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -73,3 +69,8 @@ def join(device: str = "cpu", timeout_s: float = 7200.0) -> DistContext:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     return DistContext(rank, world, dev, owns)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

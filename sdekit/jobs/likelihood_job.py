@@ -100,15 +100,12 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
     config = likelihood_config(num_samples=n, **config_args)
     config["data_shape"] = list(data.shape[1:])
     ctx = join(device)
-    try:
-        score, sde = build("model", config["model"]), build_sde(config["sde"])
-        data = data.to(device=ctx.device, dtype=DTYPES[config["dtype"]])
-        compute = _shard_computer(config, score, sde, data, batch_size, ctx.device)
-        spec = JobSpec("loglik", config, n, config["shard_size"], "log_likelihood.pt", compute,
-                       lambda merged, faults: _summarize(merged, faults, config))
-        return run_job(out_dir, spec, ctx)
-    finally:
-        ctx.close()
+    score, sde = build("model", config["model"]), build_sde(config["sde"])
+    data = data.to(device=ctx.device, dtype=DTYPES[config["dtype"]])
+    compute = _shard_computer(config, score, sde, data, batch_size, ctx.device)
+    spec = JobSpec("loglik", config, n, config["shard_size"], "log_likelihood.pt", compute,
+                   lambda merged, faults: _summarize(merged, faults, config))
+    return run_job(out_dir, spec, ctx)
 
 
 def _shard_computer(config: dict, score, sde, data, batch_size: int, device):

@@ -91,14 +91,11 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
     config = sample_config(**config_args)
     batch_size = check_positive_int("batch_size", batch_size)
     ctx = join(config["device_type"])
-    try:
-        score, sde = build("model", config["model"]), build_sde(config["sde"])
-        compute = _shard_computer(config, score, sde, batch_size, ctx.device)
-        spec = JobSpec("sample", config, config["num_samples"], config["shard_size"], "samples.pt", compute,
-                       _summarize)
-        return run_job(out_dir, spec, ctx)
-    finally:
-        ctx.close()
+    score, sde = build("model", config["model"]), build_sde(config["sde"])
+    compute = _shard_computer(config, score, sde, batch_size, ctx.device)
+    spec = JobSpec("sample", config, config["num_samples"], config["shard_size"], "samples.pt", compute,
+                   _summarize)
+    return run_job(out_dir, spec, ctx)
 
 
 def _shard_computer(config: dict, score, sde, batch_size: int, device):
