@@ -40,3 +40,38 @@ def test_ode_samples_are_bitwise_batch_invariant():
         part = _ode(torch.arange(lo, hi))
         assert torch.equal(part.x, full.x[lo:hi])
         assert torch.equal(part.nfe, full.nfe[lo:hi])
+
+
+def test_sample_job_output_does_not_depend_on_batch_or_shard_size(tmp_path):
+    from jobs_helpers import ODE_SAMPLE, file_bytes
+    from sdekit.jobs import run_sample_job
+
+    outs = [run_sample_job(tmp_path / f"b{b}", num_samples=64, shard_size=s, batch_size=b, **ODE_SAMPLE).output
+            for b, s in ((1, 16), (7, 16), (64, 64))]
+    assert file_bytes(outs[0]) == file_bytes(outs[1]) == file_bytes(outs[2])
+
+
+def test_likelihood_job_output_does_not_depend_on_batch_size(tmp_path):
+    from jobs_helpers import LOGLIK, file_bytes
+    from sdekit.jobs import run_likelihood_job
+
+    outs = [run_likelihood_job(tmp_path / f"b{b}", shard_size=24, batch_size=b, **LOGLIK).output for b in (1, 7, 64)]
+    assert file_bytes(outs[0]) == file_bytes(outs[1]) == file_bytes(outs[2])
+
+
+def test_keyed_probes_and_their_argument_errors():
+    import pytest
+
+    from sdekit.noise import counter_rademacher
+
+    r = counter_rademacher(3, 5, torch.arange(4000), (5,))
+    assert set(r.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(r.mean())) < 5 / (20000 ** 0.5)  # 5 standard errors of a fair ±1 mean
+    assert torch.equal(counter_rademacher(3, 5, torch.arange(10, 13), (5,)), r[10:13])
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="either seed or generator"):
+        sdekit.log_likelihood(SCORE, SDE, x, seed=1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="sample_index needs seed"):
+        sdekit.log_likelihood(SCORE, SDE, x, sample_index=torch.arange(3))
+    with pytest.raises(ValueError, match=r"sample_index must have shape \(3,\)"):
+        sdekit.log_likelihood(SCORE, SDE, x, seed=1, sample_index=torch.arange(4))
