@@ -129,6 +129,17 @@ def counter_normal_unchecked(k0: int, k1: int, stream, sample_index: torch.Tenso
     """
     numel = math.prod(shape)
     groups = -(-numel // 4)
+    i0, i1, i2, i3 = _philox_words(k0, k1, stream, sample_index, groups)
+    r0 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i0)))
+    r1 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i2)))
+    th0 = (2.0 * math.pi) * uint32_to_unit(i1)
+    th1 = (2.0 * math.pi) * uint32_to_unit(i3)
+    z = torch.stack([r0 * torch.cos(th0), r0 * torch.sin(th0), r1 * torch.cos(th1), r1 * torch.sin(th1)], dim=-1)
+    return z.reshape(sample_index.shape[0], groups * 4)[:, :numel].reshape((sample_index.shape[0],) + shape)
+
+
+def _philox_words(k0: int, k1: int, stream, sample_index: torch.Tensor, groups: int):
+    """Philox outputs for counters ``(g, sample_index[b], stream, 0)``, ``g < groups``: four int64 ``(B, groups)``."""
     device = sample_index.device
     c0 = torch.arange(groups, dtype=torch.int64, device=device).unsqueeze(0)
     c1 = sample_index.to(torch.int64).unsqueeze(1)
@@ -137,11 +148,32 @@ def counter_normal_unchecked(k0: int, k1: int, stream, sample_index: torch.Tenso
     else:
         c2 = torch.full((1, 1), stream, dtype=torch.int64, device=device)
     zero = torch.zeros((1, 1), dtype=torch.int64, device=device)
-    i0, i1, i2, i3 = philox4x32(c0, c1, c2, zero, k0, k1)
-    i0, i1, i2, i3 = (torch.broadcast_to(i, (sample_index.shape[0], groups)) for i in (i0, i1, i2, i3))
-    r0 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i0)))
-    r1 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i2)))
-    th0 = (2.0 * math.pi) * uint32_to_unit(i1)
-    th1 = (2.0 * math.pi) * uint32_to_unit(i3)
-    z = torch.stack([r0 * torch.cos(th0), r0 * torch.sin(th0), r1 * torch.cos(th1), r1 * torch.sin(th1)], dim=-1)
-    return z.reshape(sample_index.shape[0], groups * 4)[:, :numel].reshape((sample_index.shape[0],) + shape)
+    words = philox4x32(c0, c1, c2, zero, k0, k1)
+    return tuple(torch.broadcast_to(i, (sample_index.shape[0], groups)) for i in words)
+
+
+def counter_rademacher(seed: int, stream: int, sample_index: torch.Tensor, shape, *, dtype=torch.float32) -> torch.Tensor:
+    """Rademacher (±1 with probability ½ each) noise keyed like :func:`counter_normal`.
+
+    Element ``4j + w`` of sample ``b`` is the top bit of Philox word ``w`` of
+    counter ``(j, sample_index[b], stream, 0)``: ``+1`` if set, ``−1`` if not.
+    Used for Hutchinson probes that do not depend on the batch
+    (:func:`sdekit.log_likelihood` with ``seed=``).
+
+    Args:
+        seed: integer in [0, 2⁶⁴); stream: integer in [0, 2³²);
+        sample_index: int64 ``(B,)`` in [0, 2³²); shape: per-sample shape ``D``.
+    Returns:
+        ``(B, *D)`` tensor of ``dtype`` with values ±1.
+    Raises:
+        ValueError: on an out-of-range ``seed``, ``stream`` or ``sample_index``.
+    """
+    k0, k1 = split_seed(seed)
+    sample_index = check_sample_index(sample_index)
+    if isinstance(stream, bool) or not isinstance(stream, int) or not 0 <= stream <= MASK32:
+        raise ValueError(f"stream must be an integer in [0, 2**32), got {stream!r}")
+    shape = tuple(shape)
+    numel = math.prod(shape)
+    words = _philox_words(k0, k1, stream, sample_index, -(-numel // 4))
+    bits = torch.stack([w >> 31 for w in words], dim=-1).reshape(sample_index.shape[0], -1)[:, :numel]
+    return (bits.to(dtype) * 2 - 1).reshape((sample_index.shape[0],) + shape)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_choice, check_finite, check_positive_int, check_tensor
+from ..noise import check_sample_index, counter_normal, counter_rademacher
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
 from .divergence import exact_divergence, hutchinson_divergence, probe_noise
@@ -47,6 +48,9 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     *,
     max_steps: int = 10_000,
+    seed: int | None = None,
+    sample_index: torch.Tensor | None = None,
+    monitor=None,
 ) -> LikelihoodResult:
     """Log-density of ``x`` under the model ``p_eps``, by the instantaneous change of variables.
 
@@ -72,6 +76,17 @@ def log_likelihood(
         eps: start time of the integration (score_sde: 1e-5).
         generator: ``torch.Generator`` for the probes.
         max_steps: RK45 step-attempt bound per sample.
+        seed: draw the probes instead from counter-based Philox noise keyed by
+            ``(seed, sample_index[b])`` on stream :data:`PROBE_STREAM`
+            (:func:`sdekit.noise.counter_rademacher` / ``counter_normal``), so
+            a sample's probes, hence its estimate, do not depend on the batch
+            (not together with ``generator``).
+        sample_index: int64 ``(B,)`` global indices of the rows of ``x``, values
+            in [0, 2³²) (default ``arange(B)``; only with ``seed``).
+        monitor: optional :class:`sdekit.faults.NonFiniteMonitor`: records where
+            a sample's augmented ODE first returned a non-finite value (its
+            evaluation number and ``t``), freezes that sample so the others
+            finish, and sets its outputs to NaN.
     Returns:
         :class:`LikelihoodResult`; ``log_prob`` in nats, shape ``(B,)``.
     Raises:
@@ -101,11 +116,15 @@ def log_likelihood(
 
     args = ()
     if trace == "hutchinson":
-        args = (probe_noise((B, probes) + tuple(shape), noise, generator=generator, device=x.device, dtype=x.dtype),)
+        args = (_probes(x, probes, noise, generator, seed, sample_index),)
     y0 = torch.cat([x.flatten(1), x.new_zeros(B, n_div)], dim=1)
-    sol = solve_adaptive(augmented, y0, eps, sde.T, rtol=rtol, atol=atol, max_steps=max_steps, args=args)
-    x_T = sol.y[:, :D].reshape(x.shape)
-    delta = sol.y[:, D:]
+    func = augmented
+    if monitor is not None:
+        func, args = monitor.guard(augmented), (monitor.slots(),) + args
+    sol = solve_adaptive(func, y0, eps, sde.T, rtol=rtol, atol=atol, max_steps=max_steps, args=args)
+    y_T = sol.y if monitor is None else monitor.fill_nan(sol.y)
+    x_T = y_T[:, :D].reshape(x.shape)
+    delta = y_T[:, D:]
     prior = sde.prior_log_prob(x_T)
     if trace == "exact":
         stderr = torch.zeros(B, dtype=x.dtype, device=x.device)
@@ -114,3 +133,21 @@ def log_likelihood(
     else:
         stderr = delta.std(dim=1) / math.sqrt(probes)
     return LikelihoodResult(log_prob=prior + delta.mean(1), stderr=stderr, nfe=sol.nfe, prior_log_prob=prior, x_T=x_T)
+
+
+#: Noise stream of keyed Hutchinson probes (the samplers use streams from 0 up, one per step).
+PROBE_STREAM = 2**32 - 1
+
+
+def _probes(x, probes: int, noise: str, generator, seed, sample_index) -> torch.Tensor:
+    """``(B, P, *D)`` Hutchinson probes: from ``generator``, or keyed by ``(seed, sample_index)``."""
+    B, shape = x.shape[0], (probes,) + tuple(x.shape[1:])
+    if seed is None:
+        if sample_index is not None:
+            raise ValueError("sample_index needs seed= (it keys the probes drawn from the seed)")
+        return probe_noise((B,) + shape, noise, generator=generator, device=x.device, dtype=x.dtype)
+    if generator is not None:
+        raise ValueError("pass either seed or generator for the probes, not both")
+    idx = torch.arange(B, device=x.device) if sample_index is None else check_sample_index(sample_index, B)
+    draw = counter_rademacher if noise == "rademacher" else counter_normal
+    return draw(seed, PROBE_STREAM, idx.to(x.device), shape, dtype=x.dtype)

@@ -128,6 +128,7 @@ def sample(
     sample_index: torch.Tensor | None = None,
     backend: str | None = None,
     capturable: bool = False,
+    monitor=None,
 ) -> SampleResult:
     """Draw samples by integrating the reverse-time SDE or the probability-flow ODE from ``T`` to ``eps``.
 
@@ -188,6 +189,10 @@ def sample(
             ``sample_index`` from device memory, so a captured graph replayed
             after ``sample_index.copy_(new)`` draws new samples.  Run once
             before capturing (kernel compilation).
+        monitor: optional :class:`sdekit.faults.NonFiniteMonitor` built on the
+            batch's ``sample_index``: records where each sample first became
+            non-finite (step, ``t``) without host syncs, sets faulted samples
+            to NaN, and (``"ode"``) freezes them so the others finish.
     Returns:
         :class:`SampleResult` with ``x`` of shape ``shape`` and per-sample NFE.
     Raises:
@@ -227,14 +232,16 @@ def sample(
         seed = _resolve_seed(seed, generator, capturable)
         x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, capturable)
         grid = time_grid(sde, steps, eps, timesteps, device="cpu")
-        return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend)
+        return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor)
 
     fix = None
     if corrector is not None:
         fix = CORRECTORS[corrector](sde, score, snr, corrector_steps, corrector_norm == "per_sample")
     plan = _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise)
     x = _initial_state(sde, shape, x_init, plan.seed, idx, dev, dtype, backend, capturable)
-    x = run_plan(plan, x, score, predictor, fix, idx, backend, progress=progress)
+    x = run_plan(plan, x, score, predictor, fix, idx, backend, progress=progress, monitor=monitor)
+    if monitor is not None:
+        x = monitor.fill_nan(x)
     n = len(plan.times) - 1
     nfe = n * (1 + plan.corrector_steps) + (plan.denoise is not None)
     full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)  # noqa: E731
@@ -286,7 +293,8 @@ def _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturabl
     return StepPlan(seed, tuple(grid.tolist()), coef, params, K, tweedie)
 
 
-def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *, progress: bool = False):
+def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *, progress: bool = False,
+             monitor=None):
     """The fixed-step predictor–corrector loop of :func:`sample` (Song et al. 2021, Algorithms 2–3).
 
     Only device work and Python numbers: no host syncs, no reads of device
@@ -294,6 +302,8 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     into a CUDA graph.  Noise streams: step ``i``'s corrector step ``j`` uses
     ``1 + i (K + 1) + j``, its predictor ``1 + i (K + 1) + K``; the prior uses
     :data:`PRIOR_STREAM`.  Returns the final state (denoised if ``plan.denoise``).
+    ``monitor`` (a :class:`sdekit.faults.NonFiniteMonitor`) checks the state after
+    each step ``i`` (reported with ``t_i``) and after denoising (step ``N``).
     """
     B, K, times = x.shape[0], plan.corrector_steps, plan.times
     key = dict(seed=plan.seed, sample_index=sample_index, backend=backend)
@@ -313,10 +323,14 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
             x = affine_update(x, s, a, b, c, d, stream=stream, **key)
         else:
             x = predictor.general_step(x, s, t, times[i + 1] - times[i], stream=stream, **key)
+        if monitor is not None:
+            monitor.after_step(i, times[i], x)
     if plan.denoise is not None:
         a, b, d = plan.denoise
         s = score(x, torch.full((B,), times[-1], dtype=x.dtype, device=x.device))
         x = affine_update(x, s, a, b, 0.0, d, backend=backend)
+        if monitor is not None:
+            monitor.after_step(len(times) - 1, times[-1], x)
     return x
 
 
@@ -343,10 +357,11 @@ def _ode_progress(func, t_start: float, t_end: float):
     return wrapped, bar
 
 
-def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend) -> SampleResult:
+def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor=None) -> SampleResult:
     """Probability-flow sampling from ``grid[0]`` to ``grid[-1]`` with per-sample RK45.
 
     Only the end points of ``grid`` are used: the solver chooses its own steps.
+    With a ``monitor``, the right-hand side is guarded (:meth:`NonFiniteMonitor.guard`).
     """
     flow = sde.probability_flow(score)
     t0, t1 = float(grid[0]), float(grid[-1])
@@ -354,11 +369,18 @@ def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, b
     bar = None
     if progress:
         func, bar = _ode_progress(func, t0, t1)
-    sol = solve_adaptive(func, x, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps)
+    args = ()
+    if monitor is not None:
+        func, args = monitor.guard(func), (monitor.slots(),)
+    sol = solve_adaptive(func, x, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps, args=args)
     if bar is not None:
         bar.close()
     x, nfe = sol.y, sol.nfe
     if denoise:
         x = _denoise(sde, score, x, t1, backend)
         nfe = nfe + 1
+        if monitor is not None:
+            monitor.after_step(monitor.evaluations, t1, x)
+    if monitor is not None:
+        x = monitor.fill_nan(x)
     return SampleResult(x=x, nfe=nfe, steps=sol.steps)

@@ -22,7 +22,7 @@ import torch
 from .._checks import check_finite, check_positive, check_positive_int, check_tensor, expand_as_batch
 from ..kernels.backend import resolve_backend
 from ..kernels.rk import rk_combine_triton
-from .controller import PI_CONTROLLER, StepController
+from .controller import PI_CONTROLLER, StepController, batch_invariant_pow
 from .rk import rk_combine, rk_interpolate, rk_stages, weighted_sum
 from .tableaus import DOPRI5, ButcherTableau
 
@@ -67,7 +67,7 @@ def _initial_step(func, t0, y0, f0, direction, span, order, rtol, atol, args):
     h1 = torch.where(
         dmax <= 1e-15,
         torch.clamp(h0 * 1e-3, min=1e-6),
-        (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / (order + 1)),
+        batch_invariant_pow(0.01 / dmax.clamp_min(1e-300), 1.0 / (order + 1)),
     )
     return torch.minimum(torch.minimum(100 * h0, h1), span)
 

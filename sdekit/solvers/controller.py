@@ -25,6 +25,19 @@ from dataclasses import dataclass
 import torch
 
 
+def batch_invariant_pow(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x ** p`` for ``x > 0`` as ``exp(p · log x)``, with the same bits whatever the batch around ``x``.
+
+    On the CPU, ``torch.pow`` by a scalar runs vectorised code on the body of
+    a tensor and a scalar ``std::pow`` on its tail, which round differently,
+    so a sample's step size would depend on its position in the batch.
+    ``exp`` and ``log`` run the same vectorised code on every element (the
+    tail through a partial load), which keeps per-sample results
+    independent of the batch composition (see :mod:`sdekit.jobs`).
+    """
+    return torch.exp(p * torch.log(x))
+
+
 @dataclass(frozen=True)
 class StepController:
     """Per-sample step-size controller.
@@ -61,8 +74,8 @@ class StepController:
         finite = torch.isfinite(err)
         e = err.clamp_min(1e-10)
         accepted = finite & (err <= 1.0)
-        pi = e ** (-self.beta1 / k) * err_prev.clamp_min(1e-10) ** (self.beta2 / k)
-        fac = torch.where(accepted, pi, e ** (-1.0 / k))  # after a rejection: plain I control
+        pi = batch_invariant_pow(e, -self.beta1 / k) * batch_invariant_pow(err_prev.clamp_min(1e-10), self.beta2 / k)
+        fac = torch.where(accepted, pi, batch_invariant_pow(e, -1.0 / k))  # after a rejection: plain I control
         fac = (self.safety * fac).clamp(self.min_factor, self.max_factor)
         fac = torch.where(last_rejected, fac.clamp(max=1.0), fac)
         return torch.where(finite, fac, torch.full_like(err, self.min_factor))

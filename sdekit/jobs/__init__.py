@@ -1,0 +1,17 @@
+"""Sharded, resumable sampling and likelihood jobs on torch.distributed.
+
+* :func:`run_sample_job`, :func:`run_likelihood_job` (Python API);
+  ``python -m sdekit.jobs sample|loglik ...`` (CLI, also under ``torchrun``).
+* Results depend only on the configuration, not on the batch size, the
+  number of ranks or interruptions (noise keyed by sample index; see
+  :mod:`sdekit.jobs.sample_job` for the batch-invariance requirement on the model).
+* Layout, resume and checksums: :mod:`sdekit.jobs.runner`; faults: :mod:`sdekit.jobs.fault_policy`.
+"""
+
+from ..faults import Fault, NonFiniteError
+from .config import ConfigMismatchError
+from .likelihood_job import run_likelihood_job
+from .runner import JobResult
+from .sample_job import run_sample_job
+
+__all__ = ["run_sample_job", "run_likelihood_job", "JobResult", "ConfigMismatchError", "NonFiniteError", "Fault"]

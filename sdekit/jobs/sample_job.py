@@ -1,0 +1,128 @@
+"""Sharded, resumable sampling: :func:`run_sample_job`.
+
+Sample ``i`` of the job is ``sdekit.sample(..., seed=seed, sample_index=[i])``
+whatever shard, batch or rank computes it: every random draw is keyed by
+``(seed, i)`` (:mod:`sdekit.noise`) and the adaptive ODE solver controls each
+sample's steps on its own.  Bitwise equality across batch sizes and numbers
+of ranks needs a batch-invariant score model on the device used: a model
+whose output row ``b`` depends only on input row ``b`` *bit for bit*.
+Element-wise and per-row arithmetic is; a matrix multiply may not be (on
+the CPU a batch of 1 takes a different kernel than a batch of 7).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._checks import check_choice, check_positive_int
+from ..faults import NonFiniteMonitor
+from ..sampling.sample import METHODS, sample
+from .config import environment
+from .distributed import join
+from .factory import build, build_sde, check_sde_spec, check_spec
+from .fault_policy import apply_policy, check_policy
+from .runner import JobSpec, run_job
+from .split import batches
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def sample_config(*, model, model_kwargs=None, sde="VPSDE", sde_kwargs=None, shape, num_samples, shard_size,
+                  seed, method="euler_maruyama", steps=1000, corrector=None, snr=0.16, corrector_steps=1,
+                  eps=None, denoise=True, rtol=1e-5, atol=1e-5, max_steps=10_000, dtype="float32",
+                  device="cpu", on_nonfinite="raise") -> dict:
+    """The checked configuration of a sampling job (arguments as in :func:`run_sample_job`).
+
+    Raises:
+        ValueError / TypeError: naming the bad argument.
+    """
+    check_choice("method", method, METHODS)
+    check_choice("dtype", dtype, tuple(DTYPES))
+    check_choice("device", device, ("cpu", "cuda"))
+    shape = [check_positive_int("shape entry", s) for s in shape]
+    if not shape:
+        raise ValueError("shape must be the per-sample shape D (at least one entry), got []")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    return {"model": check_spec("model", model, model_kwargs), "sde": check_sde_spec(sde, sde_kwargs),
+            "shape": shape, "num_samples": check_positive_int("num_samples", num_samples),
+            "shard_size": check_positive_int("shard_size", shard_size), "seed": seed, "method": method,
+            "steps": check_positive_int("steps", steps), "corrector": corrector, "snr": float(snr),
+            "corrector_steps": check_positive_int("corrector_steps", corrector_steps),
+            "eps": None if eps is None else float(eps), "denoise": bool(denoise), "rtol": float(rtol),
+            "atol": float(atol), "max_steps": check_positive_int("max_steps", max_steps), "dtype": dtype,
+            "device_type": device, "on_nonfinite": check_policy(on_nonfinite), **environment()}
+
+
+def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
+    """Draw ``num_samples`` samples into ``out_dir`` in shards; resume if it holds this job already.
+
+    Under ``torchrun --nproc-per-node N`` each rank computes its shards
+    (:mod:`sdekit.jobs.split`), then rank 0 writes ``samples.pt`` (tensors
+    ``sample_index`` ``(N,)`` int64, ``x`` ``(N, *shape)``, ``nfe`` and
+    ``steps`` ``(N,)`` int64) and ``result.json``; see :mod:`sdekit.jobs.runner`.
+
+    Args:
+        out_dir: output directory (created if needed).
+        batch_size: samples per :func:`sdekit.sample` call (not part of the
+            configuration: results do not depend on it).
+        model: import path ``"package.module:factory"``; ``factory(**model_kwargs)``
+            returns the score model ``score(x, t)`` (``(B, *shape)``, ``(B,)`` → ``(B, *shape)``).
+        model_kwargs: JSON object of keyword arguments for the factory.
+        sde, sde_kwargs: name of an SDE class of :mod:`sdekit.sdes` and its arguments.
+        shape: per-sample shape ``D`` (list of ints).
+        num_samples, shard_size: sample indices ``[0, num_samples)``, ``shard_size`` per shard.
+        seed: noise key, integer in [0, 2⁶³).
+        method, steps, corrector, snr, corrector_steps, eps, denoise, rtol,
+            atol, max_steps: as in :func:`sdekit.sample`.
+        dtype: ``"float32"`` or ``"float64"``; device: ``"cpu"`` or ``"cuda"``.
+        on_nonfinite: ``"raise"`` or ``"mark"`` (:mod:`sdekit.jobs.fault_policy`).
+    Returns:
+        :class:`~sdekit.jobs.runner.JobResult`; its ``summary`` (rank 0) has
+        ``num_samples``, ``excluded`` (faulted samples) and ``mean_nfe`` over the others.
+    Raises:
+        ValueError / TypeError: on a bad argument (named).
+        ConfigMismatchError: if ``out_dir`` holds a job with another configuration.
+        NonFiniteError: under ``on_nonfinite="raise"``, with sample index, step and ``t``.
+        ToleranceNotMetError: if RK45 exceeds ``max_steps`` (``method="ode"``).
+    """
+    config = sample_config(**config_args)
+    batch_size = check_positive_int("batch_size", batch_size)
+    ctx = join(config["device_type"])
+    score, sde = build("model", config["model"]), build_sde(config["sde"])
+    compute = _shard_computer(config, score, sde, batch_size, ctx.device)
+    spec = JobSpec("sample", config, config["num_samples"], config["shard_size"], "samples.pt", compute,
+                   _summarize)
+    return run_job(out_dir, spec, ctx)
+
+
+def _shard_computer(config: dict, score, sde, batch_size: int, device):
+    kw = {k: config[k] for k in ("method", "steps", "corrector", "snr", "corrector_steps", "eps", "denoise",
+                                 "rtol", "atol", "max_steps", "seed")}
+    shape, dtype = tuple(config["shape"]), DTYPES[config["dtype"]]
+
+    def compute(start: int, stop: int):
+        out, faults = {"sample_index": [], "x": [], "nfe": [], "steps": []}, []
+        for lo, hi in batches(start, stop, batch_size):
+            idx = torch.arange(lo, hi, dtype=torch.int64, device=device)
+            monitor = NonFiniteMonitor(idx)
+            with torch.no_grad():
+                res = sample(score, sde, (hi - lo,) + shape, sample_index=idx, monitor=monitor, device=device,
+                             dtype=dtype, **kw)
+            faults += apply_policy(monitor, config["on_nonfinite"], "sampling")
+            for key, v in (("sample_index", idx), ("x", res.x), ("nfe", res.nfe), ("steps", res.steps)):
+                out[key].append(v.cpu())
+        return {k: torch.cat(v) for k, v in out.items()}, faults
+
+    return compute
+
+
+def _summarize(merged: dict, faults: list) -> dict:
+    keep = torch.ones(merged["sample_index"].shape[0], dtype=torch.bool)
+    keep[[f["sample_index"] for f in faults]] = False
+    n = int(keep.sum())
+    mean_nfe = float(merged["nfe"][keep].double().mean()) if n else None
+    return {"num_samples": int(keep.numel()), "excluded": len(faults), "included": n,
+            "mean_nfe": None if mean_nfe is None or math.isnan(mean_nfe) else mean_nfe}
