@@ -45,7 +45,7 @@ Samplers and NFE (score / denoiser / ε evaluations per sample; budgets
   last evaluation at timestep ≈ 1000/n and jumps to σ = 0 from there (its default
   ``final_sigmas_type="zero"``).
 
-Metrics, each against the data distribution p_0 (``N_FULL`` = 20 000 samples
+Metrics, each against the data distribution p_0 (``N_FULL`` = 10 000 samples
 per sampler in full mode, 512 under ``--quick``), all in float64:
 
 (10 000 rather than more: the full run makes ~21 000 exact-score evaluations
