@@ -32,8 +32,9 @@ def measure(benchmark, quick):
     ``fn()`` runs the work once and returns a dict of JSON-able metrics (``nfe``,
     ``error``, ...), which are stored with ``info`` in ``extra_info``.  The
     timing is ``rounds`` calls after one warm-up call (``rounds`` defaults to 3,
-    1 under ``--quick``; ``warmup=False`` skips the warm-up, for work too long to repeat).  ``baseline=True`` marks the implementation the
-    suite's ratios are taken against.
+    1 under ``--quick``; ``warmup=False`` skips the warm-up, for work too long
+    to repeat).  ``baseline=True`` marks the implementation the suite's ratios
+    are taken against.
     """
 
     def run(fn, *, suite: str, case: str, impl: str, baseline: bool = False, rounds: int | None = None,

@@ -14,8 +14,10 @@ Samplers and NFE (score / denoiser / ε evaluations per sample; budgets
 * sdekit on the VP SDE (β 0.1…20, T = 1, start x_T ~ p_1, end eps = 1e-3 then
   Tweedie's denoising step): Euler–Maruyama, reverse diffusion, ancestral
   (``steps = NFE − 1``), PC = reverse diffusion + 1 Langevin corrector step at
-  snr 0.16 (``steps = (NFE − 1)//2``), DPM-Solver++(2M) on a uniform log-SNR
-  grid (``method="dpmpp_2m"``, ``steps = NFE − 1``), probability flow with
+  snr 0.16 (``steps = (NFE − 1)//2``), DPM-Solver++(2M) (``method="dpmpp_2m"``,
+  ``steps = NFE − 1``) on its default uniform log-SNR grid and on the
+  "time-quadratic" grid ``t_i = (√T + (i/N)(√eps − √T))²`` (Lu et al. 2022a,
+  Appendix D) passed as ``timesteps=``, probability flow with
   adaptive RK45 (``method="ode"``: rtol = atol chosen per budget by bisection on
   a 256-sample calibration batch so that the mean NFE stays within the budget;
   the achieved mean NFE is reported beside the error).
@@ -29,7 +31,11 @@ Samplers and NFE (score / denoiser / ε evaluations per sample; budgets
   dpmpp_2m, lms, euler_ancestral: ``n = NFE`` steps; heun: ``n = (NFE + 1)//2``
   steps (2n − 1 evaluations: the last step to 0 is an Euler step); sdekit's
   dopri5 calibrated as RK45 above.  k-diffusion's euler_ancestral gets a seeded
-  ``noise_sampler``.
+  ``noise_sampler``.  k-diffusion's dpmpp_2m also runs on the σ's of the
+  time-quadratic VP grid (``σ_vp/α`` at those times, then 0): it is the same
+  algorithm as sdekit's ``dpmpp_2m`` (tests/test_dpm_solver.py checks agreement to
+  rounding), so on the same grid the two give the same samples — any sdekit lead
+  over k-diffusion's dpmpp_2m on Karras σ's is the grid, not the integrator.
 * diffusers 0.42 schedulers with their default configuration (1000 training
   steps, linear β 1e-4…0.02), driven by hand (``set_timesteps(n)``, then
   ``step(model_output, t, x)``), ``n = NFE``: DDPMScheduler, DDIMScheduler
@@ -43,7 +49,9 @@ Samplers and NFE (score / denoiser / ε evaluations per sample; budgets
   otherwise); end: DDPM, DDIM and Euler return the x̂_0 of timestep 0
   (σ ≈ 0.010, as everyone else); DPMSolverMultistep's default schedule makes its
   last evaluation at timestep ≈ 1000/n and jumps to σ = 0 from there (its default
-  ``final_sigmas_type="zero"``).
+  ``final_sigmas_type="zero"``).  At 1000 steps its "linspace" spacing rounds two
+  timesteps to the same integer (a zero step) and its output is NaN: shown as
+  "non-finite".
 
 Metrics, each against the data distribution p_0 (``N_FULL`` = 10 000 samples
 per sampler in full mode, 512 under ``--quick``), all in float64:
@@ -70,7 +78,6 @@ point; every sampler runs with fixed seeds, so the errors are deterministic.
 from __future__ import annotations
 
 import functools
-import math
 import sys
 from pathlib import Path
 
@@ -319,7 +326,8 @@ if not isinstance(KD, str):
                   for name in ("euler", "heun", "dpmpp_2m", "lms", "euler_ancestral")})
     PEERS["k-diffusion dpmpp_2m (time-quadratic σ's)"] = kd_dpmpp_2m_quadratic
 PEERS.update({f"diffusers {name.removesuffix('Scheduler')}": diffusers_sampler(name)
-              for name in ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler")})
+              for name in ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
+                           "EulerDiscreteScheduler")})
 SAMPLERS = {**SDEKIT, **PEERS}
 ADAPTIVE = {"sdekit ode (RK45)": sdekit_ode, "sdekit kd dopri5": sdekit_kd_dopri5}
 

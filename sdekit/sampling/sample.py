@@ -208,11 +208,14 @@ def sample(
     check_choice("method", method, METHODS)
     if corrector is not None:
         check_choice("corrector", corrector, tuple(CORRECTORS))
-        if method in ("ode", "dpmpp_2m"):
-            raise ValueError(f"corrector must be None with method={method!r} (Langevin correction needs a "
-                             f"stochastic sampler)")
-    if capturable and method in ("ode", "dpmpp_2m"):
-        raise ValueError(f"capturable=True needs a predictor method, got method={method!r}")
+        if method == "ode":
+            raise ValueError("corrector must be None with method='ode' (Langevin correction needs a stochastic sampler)")
+        if method == "dpmpp_2m":
+            raise ValueError("corrector must be None with method='dpmpp_2m' (a deterministic multistep solver)")
+    if capturable and method == "ode":
+        raise ValueError("capturable=True needs a fixed-step method: method='ode' adapts its steps on the host")
+    if capturable and method == "dpmpp_2m":
+        raise ValueError("capturable=True needs a predictor method, not method='dpmpp_2m'")
     check_choice("corrector_norm", corrector_norm, ("per_sample", "batch_mean"))
     snr = check_positive("snr", snr)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
