@@ -9,7 +9,8 @@ from sdekit.jobs import NonFiniteError, run_likelihood_job, run_sample_job
 FAULT = {"fault_t": 0.5}  # NaN score where t < 0.5 and x[:, 0] > 1.5 (sdekit.testing.job_models)
 
 
-@pytest.mark.parametrize("cfg", [EM_SAMPLE, ODE_SAMPLE], ids=["euler_maruyama", "ode"])
+@pytest.mark.parametrize("cfg", [EM_SAMPLE, ODE_SAMPLE, dict(EM_SAMPLE, method="dpmpp_2m")],
+                         ids=["euler_maruyama", "ode", "dpmpp_2m"])
 def test_sampling_faults_under_both_policies(tmp_path, cfg):
     common = dict(cfg, num_samples=24, shard_size=8, batch_size=5)
     clean = run_sample_job(tmp_path / "clean", **common)

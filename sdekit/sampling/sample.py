@@ -20,10 +20,11 @@ from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
 from .correctors import CORRECTORS
 from .denoise import check_denoisable, tweedie_coefficients
+from .dpm_solver import logsnr_grid, sample_dpmpp_2m
 from .grid import time_grid
 from .predictors import PREDICTORS
 
-METHODS = tuple(PREDICTORS) + ("ode",)
+METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m")
 
 
 @dataclass
@@ -153,9 +154,12 @@ def sample(
             :class:`~sdekit.sdes.AbstractSDE` for ``"euler_maruyama"``/``"ode"``).
         shape: ``(B, *D)``, batch included.
         method: predictor ``"euler_maruyama"`` | ``"reverse_diffusion"`` |
-            ``"ancestral"``, or ``"ode"`` for the adaptive probability flow.
-        steps: predictor steps ``N`` on the uniform grid ``T → eps`` (fixed-step methods).
-        corrector: ``None`` | ``"langevin"`` | ``"annealed_langevin"`` (not with ``"ode"``).
+            ``"ancestral"``, ``"ode"`` for the adaptive probability flow, or
+            ``"dpmpp_2m"`` for DPM-Solver++(2M) on the probability flow (linear
+            SDEs; Lu et al. 2022b, Algorithm 2; :mod:`sdekit.sampling.dpm_solver`).
+        steps: predictor steps ``N`` on the uniform grid ``T → eps`` (fixed-step methods;
+            uniform in log-SNR for ``"dpmpp_2m"``).
+        corrector: ``None`` | ``"langevin"`` | ``"annealed_langevin"`` (not with ``"ode"``/``"dpmpp_2m"``).
         snr: corrector signal-to-noise ratio ``r`` (score_sde: 0.16 for CIFAR-10 VE).
         corrector_steps: Langevin steps per time step.
         eps: last time; default ``sde.sampling_eps`` (1e-3 VP/sub-VP, 1e-5 VE).
@@ -211,14 +215,18 @@ def sample(
         check_choice("corrector", corrector, tuple(CORRECTORS))
         if method == "ode":
             raise ValueError("corrector must be None with method='ode' (Langevin correction needs a stochastic sampler)")
+        if method == "dpmpp_2m":
+            raise ValueError("corrector must be None with method='dpmpp_2m' (a deterministic multistep solver)")
     if capturable and method == "ode":
         raise ValueError("capturable=True needs a fixed-step method: method='ode' adapts its steps on the host")
+    if capturable and method == "dpmpp_2m":
+        raise ValueError("capturable=True needs a predictor method, not method='dpmpp_2m'")
     check_choice("corrector_norm", corrector_norm, ("per_sample", "batch_mean"))
     snr = check_positive("snr", snr)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
     eps = sde.sampling_eps if eps is None else float(eps)
     score = checked_score(score)
-    predictor = PREDICTORS[method](sde, score) if method != "ode" else None
+    predictor = PREDICTORS[method](sde, score) if method in PREDICTORS else None
     if denoise:
         check_denoisable(sde)
     B = shape[0]
@@ -233,6 +241,12 @@ def sample(
         x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, capturable)
         grid = time_grid(sde, steps, eps, timesteps, device="cpu")
         return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor)
+    if method == "dpmpp_2m":
+        grid = logsnr_grid(sde, steps, eps) if timesteps is None else time_grid(sde, steps, eps, timesteps)
+        x = _initial_state(sde, shape, x_init, _resolve_seed(seed, generator, False), idx, dev, dtype, backend, False)
+        x, nfe = sample_dpmpp_2m(score, sde, x, grid, denoise, monitor)
+        full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)  # noqa: E731
+        return SampleResult(x=x, nfe=full(nfe), steps=full(grid.numel() - 1))
 
     fix = None
     if corrector is not None:

@@ -73,8 +73,11 @@ class GaussianMixture:
         precision = torch.cholesky_inverse(L)
         log_det = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
         diff = xf[:, None, :] - mu  # (B, K, D)
-        prec_diff = (precision @ diff.unsqueeze(-1)).squeeze(-1)
-        maha = (diff * prec_diff).sum(-1)
+        if precision.shape[0] == 1:  # shared time: K (B, D) x (D, D) products instead of B K tiny ones
+            prec_diff = torch.einsum("kij,bkj->bki", precision[0], diff)
+        else:
+            prec_diff = (precision @ diff.unsqueeze(-1)).squeeze(-1)
+        maha = torch.einsum("bkd,bkd->bk", diff, prec_diff)
         log_n = -0.5 * maha - 0.5 * log_det - 0.5 * self.D * math.log(2 * math.pi)
         return xf, prec_diff, torch.log(self.weights.to(xf)) + log_n
 
@@ -94,7 +97,7 @@ class GaussianMixture:
         """Exact ``∇ₓ log p_t(x) = −Σ_k p(k|x) Σ_k(t)⁻¹ (x − μ_k(t))``, shape of ``x``."""
         _, prec_diff, log_joint = self._component_terms(x, sde, t)
         r = torch.softmax(log_joint, dim=1)
-        return -(r[..., None] * prec_diff).sum(1).reshape(x.shape)
+        return -torch.einsum("bk,bkd->bd", r, prec_diff).reshape(x.shape)
 
     def score_model(self, sde):
         """The exact score as a model ``score(x, t)`` for :func:`sdekit.sample` and friends."""
