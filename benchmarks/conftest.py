@@ -33,13 +33,15 @@ def measure(benchmark, quick):
     ``error``, ...), which are stored with ``info`` in ``extra_info``.  The
     timing is ``rounds`` calls after one warm-up call (``rounds`` defaults to 3,
     1 under ``--quick``).  ``baseline=True`` marks the implementation the
-    suite's ratios are taken against.
+    suite's ratios are taken against.  ``warmup=False`` skips the warm-up call
+    (for baselines that take many seconds per call and have nothing to warm up).
     """
 
-    def run(fn, *, suite: str, case: str, impl: str, baseline: bool = False, rounds: int | None = None, **info):
+    def run(fn, *, suite: str, case: str, impl: str, baseline: bool = False, rounds: int | None = None,
+            warmup: bool = True, **info):
         rounds = 1 if quick else (rounds or 3)
         benchmark.group = f"{suite}: {case}"
-        metrics = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0 if quick else 1)
+        metrics = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0 if quick or not warmup else 1)
         metrics = dict(metrics or {})
         for key, value in metrics.items():
             if isinstance(value, float) and not math.isfinite(value):
