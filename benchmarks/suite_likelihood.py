@@ -41,7 +41,6 @@ baseline's).
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 

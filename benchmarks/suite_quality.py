@@ -81,19 +81,16 @@ point; every sampler runs with fixed seeds, so the errors are deterministic.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run.py runs pytest in benchmarks/: "PYTHONPATH=." is not the root
+import sdekit
+from sdekit.integrations import k_diffusion as skd
+from sdekit.testing import GaussianMixture
 
-import sdekit  # noqa: E402
-from k_diffusion_reference import load_sampling  # noqa: E402
-from sdekit.integrations import k_diffusion as skd  # noqa: E402
-from sdekit.testing import GaussianMixture  # noqa: E402
+from kdiffusion_loader import load_k_sampling
 
 SUITE = "quality"
 NFES = (10, 20, 50, 100, 1000)
@@ -106,7 +103,7 @@ DTYPE = torch.float64
 VP = sdekit.VPSDE()
 EPS = VP.sampling_eps
 EDM = sdekit.EDMSDE()  # only σ(t) = t is used
-KD = load_sampling()
+KD = load_k_sampling()
 
 
 def reference_mixture() -> GaussianMixture:

@@ -31,15 +31,25 @@ class SequentialBrownian:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
-    def increments(self, times, area: bool = False):
-        """Yield ``(ΔW, ΔZ or None)``, each ``(B, *S)``, for consecutive steps of ``times``."""
+    def increments(self, times, area: bool = False, reuse: bool = False):
+        """Yield ``(ΔW, ΔZ or None)``, each ``(B, *S)``, for consecutive steps of ``times``.
+
+        With ``reuse=True`` every step's increments are written into the same two
+        buffers (no allocation per step), so a yielded tensor is valid only until the
+        next one is drawn; ``sdeint`` consumes each step's increments before drawing
+        the next.  The values are the same either way.
+        """
         times = [float(t) for t in times]
+        kw = dict(device=self.device, dtype=self.dtype)
+        z = z2 = half = None
+        if reuse:
+            z, z2, half = torch.empty(self.shape, **kw), torch.empty(self.shape, **kw), torch.empty(self.shape, **kw)
         for s, t in zip(times[:-1], times[1:]):
             h = t - s
-            z = torch.randn(self.shape, generator=self.generator, device=self.device, dtype=self.dtype)
-            dW = math.sqrt(h) * z
+            # In place: the same values as √h·z and h(ΔW/2 + √(h/12) z₂), without temporaries.
+            dW = torch.randn(self.shape, generator=self.generator, out=z, **kw).mul_(math.sqrt(h))
             if area:
-                z2 = torch.randn(self.shape, generator=self.generator, device=self.device, dtype=self.dtype)
-                yield dW, h * (0.5 * dW + math.sqrt(h / 12.0) * z2)
+                dZ = torch.randn(self.shape, generator=self.generator, out=z2, **kw).mul_(math.sqrt(h / 12.0))
+                yield dW, dZ.add_(torch.mul(dW, 0.5, out=half)).mul_(h)
             else:
                 yield dW, None

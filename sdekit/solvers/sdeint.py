@@ -165,7 +165,10 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str | None = None, dt: float = 1e-
     solver = resolve(method, problem.noise_type, problem.sde_type, options)(problem)
     size = (y0.shape[0],) + problem.noise_shape
     source = _brownian(bm, seed, sample_index, generator, times, grid, size, y0)
-    increments = source.increments(grid, area=solver.uses_area)
+    if isinstance(source, SequentialBrownian):  # each step's increments are used up before the next is drawn
+        increments = source.increments(grid, area=solver.uses_area, reuse=True)
+    else:
+        increments = source.increments(grid, area=solver.uses_area)
 
     y = y0
     state = solver.init(t_grid[0], y0)

@@ -68,6 +68,13 @@ class AbstractSDESolver(abc.ABC):
             raise ValueError(f"{self.name} needs the diffusion g(t, y); the SDE only defines g_prod")
         self.problem = problem
 
+    def scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A work tensor shaped like ``like``, allocated once per solver and overwritten every step."""
+        buf = getattr(self, "_scratch", None)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._scratch = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
     def init(self, t0: torch.Tensor, y0: torch.Tensor) -> tuple:
         """Solver state at the start (empty for one-step methods)."""
         return ()
@@ -86,6 +93,24 @@ class AbstractSDESolver(abc.ABC):
         Returns:
             ``(y1, state1)``.
         """
+
+
+def add_into(acc: torch.Tensor, *terms: torch.Tensor) -> torch.Tensor:
+    """``acc + terms[0] + terms[1] + …`` (left to right), in place on ``acc`` where possible.
+
+    ``acc`` must be a temporary the caller owns (never the state ``y`` or a user's tensor).
+    Floating-point addition is commutative, so ``acc.add_(t)`` gives the same bits as
+    ``acc + t``; the sum falls back to an out-of-place addition when broadcasting or type
+    promotion would change ``acc``'s shape or dtype.
+    """
+    for term in terms:
+        if term.shape == acc.shape and term.dtype == acc.dtype or (
+                torch.broadcast_shapes(acc.shape, term.shape) == acc.shape
+                and torch.result_type(acc, term) == acc.dtype):
+            acc = acc.add_(term)
+        else:
+            acc = acc + term
+    return acc
 
 
 class CommutativeStratonovichSolver(AbstractSDESolver):

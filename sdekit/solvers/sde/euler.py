@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import AbstractSDESolver
+from .base import AbstractSDESolver, add_into
 
 
 class EulerMaruyama(AbstractSDESolver):
@@ -27,5 +27,5 @@ class EulerMaruyama(AbstractSDESolver):
         return 1.0
 
     def step(self, t0, h, y, state, dW, dZ):
-        f, gdW = self.problem.drift_and_g_prod(t0, y, dW)
-        return y + f * h + gdW, state
+        f, gdW = self.problem.drift_and_g_prod(t0, y, dW, out=self.scratch(y))
+        return add_into(f * h, y, gdW), state  # = y + f h + G·ΔW

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from .base import AbstractSDESolver
+from .base import AbstractSDESolver, add_into
+from .problem import mul_maybe_into
 
 
 class _MilsteinBase(AbstractSDESolver):
@@ -23,8 +24,15 @@ class _MilsteinBase(AbstractSDESolver):
         return 1.0
 
     def _square(self, dW, h):
-        """``ΔW² − h`` (Itô: 2 I_(1,1)) or ``ΔW²`` (Stratonovich: 2 J_(1,1))."""
-        return dW * dW - h if self.problem.sde_type == "ito" else dW * dW
+        """``ΔW² − h`` (Itô: 2 I_(1,1)) or ``ΔW²`` (Stratonovich: 2 J_(1,1)); a new tensor."""
+        sq = dW * dW
+        return sq.sub_(h) if self.problem.sde_type == "ito" else sq
+
+    def _additive(self, t0, h, y, dW):
+        """Additive noise: the correction vanishes, ``y + f h + G·ΔW``."""
+        p = self.problem
+        f = p.drift(t0, y)
+        return add_into(f * h, y, p.g_prod(t0, y, dW, out=self.scratch(y)))
 
 
 class Milstein(_MilsteinBase):
@@ -48,16 +56,18 @@ class Milstein(_MilsteinBase):
 
     def step(self, t0, h, y, state, dW, dZ):
         p = self.problem
-        f = p.drift(t0, y)
         if p.noise_type == "additive":
-            return y + f * h + p.g_prod(t0, y, dW), state
+            return self._additive(t0, h, y, dW), state
+        f = p.drift(t0, y)
         if p.noise_type == "diagonal":
             g, dg = p.diffusion_column_jvp(t0, y, torch.ones_like(y))
             ggp = g * dg
         else:  # scalar: g is (B, d), dW is (B, 1)
             g = p.diffusion_column(t0, y)
             _, ggp = p.diffusion_column_jvp(t0, y, g)
-        return y + f * h + g * dW + 0.5 * ggp * self._square(dW, h), state
+        # y + f h + g ΔW + ½ (g·∇g) (ΔW² − h), summed left to right without temporaries.
+        correction = (0.5 * ggp).mul_(self._square(dW, h)) if ggp.shape == y.shape else 0.5 * ggp * self._square(dW, h)
+        return add_into(f * h, y, mul_maybe_into(g, dW, self.scratch(y)), correction), state
 
 
 class DerivativeFreeMilstein(_MilsteinBase):
@@ -75,11 +85,12 @@ class DerivativeFreeMilstein(_MilsteinBase):
     def step(self, t0, h, y, state, dW, dZ):
         p = self.problem
         if p.noise_type == "additive":
-            f = p.drift(t0, y)
-            return y + f * h + p.g_prod(t0, y, dW), state
+            return self._additive(t0, h, y, dW), state
         f = p.drift(t0, y)
         g = p.diffusion_column(t0, y)
         sqrt_h = math.sqrt(h)
         support = y + g * sqrt_h + (f * h if p.sde_type == "ito" else 0.0)
         g_bar = p.diffusion_column(t0, support)
-        return y + f * h + g * dW + (g_bar - g) * self._square(dW, h) / (2.0 * sqrt_h), state
+        # y + f h + g ΔW + (ḡ − g)(ΔW² − h)/(2√h), summed left to right.
+        correction = (g_bar - g) * self._square(dW, h) / (2.0 * sqrt_h)
+        return add_into(f * h, y, g * dW, correction), state

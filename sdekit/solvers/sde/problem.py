@@ -40,6 +40,15 @@ def _check_out(name: str, out, shape: tuple, what: str) -> torch.Tensor:
     return out
 
 
+def mul_maybe_into(a: torch.Tensor, b: torch.Tensor, out=None) -> torch.Tensor:
+    """``a * b``, written into the scratch tensor ``out`` when it has the result's shape and dtype and
+    no gradient is recorded (the same values either way; it saves an allocation per step)."""
+    if (out is not None and a.dtype == b.dtype == out.dtype and not (a.requires_grad or b.requires_grad)
+            and torch.broadcast_shapes(a.shape, b.shape) == out.shape):
+        return torch.mul(a, b, out=out)
+    return a * b
+
+
 class SDEProblem:
     """The normalised SDE ``dy = f(t, y) dt + G(t, y) · dW`` (Itô or Stratonovich).
 
@@ -87,25 +96,30 @@ class SDEProblem:
             return self._f_and_g(t, y)
         return self.drift(t, y), self.diffusion(t, y)
 
-    def drift_and_g_prod(self, t, y, v):
-        """``(f, G·v)``: one ``f_and_g`` call when defined, else ``f`` and ``g_prod``."""
+    def drift_and_g_prod(self, t, y, v, out=None):
+        """``(f, G·v)``: one ``f_and_g`` call when defined, else ``f`` and ``g_prod`` (``out``: see :meth:`prod`)."""
         if self._f_and_g is not None and self._g_prod is None:
             f, G = self.drift_and_diffusion(t, y)
-            return f, self.prod(G, v)
-        return self.drift(t, y), self.g_prod(t, y, v)
+            return f, self.prod(G, v, out)
+        return self.drift(t, y), self.g_prod(t, y, v, out)
 
-    def prod(self, G, v):
-        """``G · v`` for ``v`` of shape ``(B, *S)``: shape of ``y``."""
+    def prod(self, G, v, out=None):
+        """``G · v`` for ``v`` of shape ``(B, *S)``: shape of ``y``.
+
+        ``out``: a scratch tensor the elementwise product may be written into (saves an
+        allocation per step); used only when the result has its shape and dtype and no
+        gradient is recorded, so the value is the same either way.
+        """
         if self.form == "matrix":
             return torch.matmul(G, v.unsqueeze(-1)).squeeze(-1)
-        return G * v
+        return mul_maybe_into(G, v, out)
 
-    def g_prod(self, t, y, v):
-        """``G(t, y) · v`` (uses the SDE's own ``g_prod`` when it has one)."""
+    def g_prod(self, t, y, v, out=None):
+        """``G(t, y) · v`` (uses the SDE's own ``g_prod`` when it has one; ``out``: see :meth:`prod`)."""
         if self._g_prod is not None:
             self.n_diffusion += 1
             return self._g_prod(t, y, v)
-        return self.prod(self.diffusion(t, y), v)
+        return self.prod(self.diffusion(t, y), v, out)
 
     def diffusion_column(self, t, y):
         """For diagonal, scalar and elementwise additive noise: the vector ``g`` with ``G·dW = g ⊙ dW``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .base import AbstractSDESolver
+from .base import AbstractSDESolver, add_into
 from .srk_tableaus import SRA1, SRA3, SRI2, SRATableau, SRITableau
 
 
@@ -37,20 +37,23 @@ class _SRA(AbstractSDESolver):
         def g_prod(c, v):
             return p.prod(G[c], v) if G is not None else p.g_prod(t0 + c * h, y, v)
 
+        def acc(total, term):  # total + term; in place once total is a temporary of this step
+            return total + term if total is y else add_into(total, term)
+
         fs = []
         y1 = y
         for i in range(tab.stages):
             H = y
             for j in range(i):
                 if tab.A0[i][j]:
-                    H = H + (tab.A0[i][j] * h) * fs[j]
+                    H = acc(H, (tab.A0[i][j] * h) * fs[j])
                 if tab.B0[i][j]:
-                    H = H + g_prod(tab.c1[j], tab.B0[i][j] * i10)
+                    H = acc(H, g_prod(tab.c1[j], tab.B0[i][j] * i10))
             fs.append(p.drift(t0 + tab.c0[i] * h, H))
             if tab.alpha[i]:
-                y1 = y1 + (tab.alpha[i] * h) * fs[i]
+                y1 = acc(y1, (tab.alpha[i] * h) * fs[i])
             if tab.beta1[i] or tab.beta2[i]:
-                y1 = y1 + g_prod(tab.c1[i], tab.beta1[i] * dW + tab.beta2[i] * i10)
+                y1 = acc(y1, g_prod(tab.c1[i], add_into(tab.beta1[i] * dW, tab.beta2[i] * i10)))
         return y1, state
 
 
@@ -114,26 +117,30 @@ class SRI2Solver(AbstractSDESolver):
         p, tab = self.problem, self.tableau
         sqrt_h = math.sqrt(h)
         i10 = dZ / h
-        i11 = (dW * dW - h) * (0.5 / sqrt_h)
-        i111 = (dW * dW * dW - 3.0 * h * dW) / (6.0 * h)
+        i11 = (dW * dW).sub_(h).mul_(0.5 / sqrt_h)  # (ΔW² − h)·(0.5/√h), in place
+        i111 = (dW * dW * dW - 3.0 * h * dW).div_(6.0 * h)
+
+        def acc(total, term):  # total + term; in place once total is a temporary of this step
+            return total + term if total is y else add_into(total, term)
+
         fs, gs = [], []
         y1 = y
         for i in range(tab.stages):
             H0, H1 = y, y
             for j in range(i):
                 if tab.A0[i][j]:
-                    H0 = H0 + (tab.A0[i][j] * h) * fs[j]
+                    H0 = acc(H0, (tab.A0[i][j] * h) * fs[j])
                 if tab.A1[i][j]:
-                    H1 = H1 + (tab.A1[i][j] * h) * fs[j]
+                    H1 = acc(H1, (tab.A1[i][j] * h) * fs[j])
                 if tab.B0[i][j]:
-                    H0 = H0 + tab.B0[i][j] * gs[j] * i10
+                    H0 = acc(H0, (tab.B0[i][j] * gs[j]).mul_(i10))
                 if tab.B1[i][j]:
-                    H1 = H1 + (tab.B1[i][j] * sqrt_h) * gs[j]
+                    H1 = acc(H1, (tab.B1[i][j] * sqrt_h) * gs[j])
             needs_f = tab.alpha[i] or any(row[i] for row in tab.A0[i + 1:] + tab.A1[i + 1:] if len(row) > i)
             fs.append(p.drift(t0 + tab.c0[i] * h, H0) if needs_f else None)
             gs.append(p.diffusion_column(t0 + tab.c1[i] * h, H1))
             if tab.alpha[i]:
-                y1 = y1 + (tab.alpha[i] * h) * fs[i]
-            weight = tab.beta1[i] * dW + tab.beta2[i] * i11 + tab.beta3[i] * i10 + tab.beta4[i] * i111
-            y1 = y1 + gs[i] * weight
+                y1 = acc(y1, (tab.alpha[i] * h) * fs[i])
+            weight = add_into(tab.beta1[i] * dW, tab.beta2[i] * i11, tab.beta3[i] * i10, tab.beta4[i] * i111)
+            y1 = acc(y1, weight.mul_(gs[i]) if weight.shape == gs[i].shape else gs[i] * weight)
         return y1, state
