@@ -16,6 +16,8 @@ under ``--quick``):
 
 ``--quick`` uses tiny sizes so CI can check that the suites still run; its
 numbers mean nothing.  The kernels suite runs only on a CUDA GPU.
+``--render DIR/benchmarks.json`` re-writes the report and plots from saved
+measurements without measuring again.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI): checks the suites run")
     p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/)")
     p.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
+    p.add_argument("--render", type=Path, default=None,
+                   help="re-write benchmarks.md and the plots from an existing benchmarks.json (no measuring)")
     p.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     args = p.parse_args(argv)
     args.suites = [s.strip() for s in args.suites.split(",") if s.strip()]
@@ -129,6 +133,10 @@ def render(meta: dict, sections: list[str]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        data = json.loads(args.render.read_text())
+        write_report(data["meta"], data["rows"], args.suites, args.render.parent)
+        return 0
     out = args.out or (Path(tempfile.mkdtemp(prefix="sdekit-bench-")) if args.quick else HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
     raw_json = out / "pytest-benchmark.json"
@@ -146,17 +154,22 @@ def main(argv=None) -> int:
         "versions": versions(),
         "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
     }
+    (out / "benchmarks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    write_report(meta, rows, args.suites, out)
+    return 0
+
+
+def write_report(meta: dict, rows: list[dict], suites, out: Path) -> None:
+    """``benchmarks.md`` and the suites' plots in ``out`` from the measured rows."""
     sections = []
-    for name in args.suites:
+    for name in suites:
         suite_rows = [r for r in rows if r.get("suite") == name]
         if not suite_rows:
             sections.append(f"## {name}\n\nNot run on this machine (see the suite's docstring).\n")
             continue
         sections.append(load_suite(name).summarize(suite_rows, out))
-    (out / "benchmarks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     (out / "benchmarks.md").write_text(render(meta, sections))
-    print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'}")
-    return 0
+    print(f"wrote {out / 'benchmarks.md'} (data: {out / 'benchmarks.json'})")
 
 
 if __name__ == "__main__":

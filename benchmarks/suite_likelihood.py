@@ -63,6 +63,7 @@ SCIPY_TOLS = (1e-4, 1e-5, 1e-6)
 KD_TOLS = (1e-4, 1e-5)
 REF_TOL = 1e-10
 PROBE_SEED = 7
+COLORS = {"sdekit": "C0", "scipy": "C1", "k-diffusion": "C2"}
 CASES = ("mixture VP, exact trace", "mixture EDM, Hutchinson", "digits VP, Hutchinson")
 
 
@@ -254,7 +255,7 @@ def summarize(rows, out_dir: Path) -> str:
         parts.append("")
         for impl in sorted({r["impl"] for r in cr}):
             pts = sorted((r["median_s"], r["err_max"]) for r in cr if r["impl"] == impl)
-            ax.loglog([p[0] for p in pts], [max(p[1], 1e-16) for p in pts], "o-", label=impl)
+            ax.loglog([p[0] for p in pts], [max(p[1], 1e-16) for p in pts], "o-", label=impl, color=COLORS[impl])
         ax.set(title=case, xlabel="wall time (s)", ylabel="max |error| (nats)")
         ax.legend()
     parts.append(savefig(fig, out_dir, "likelihood_work_precision.png"))
