@@ -42,6 +42,7 @@ class Fault:
     t: float
 
     def as_dict(self) -> dict:
+        """The fault as a JSON-able dict (``sample_index``, ``step``, ``t``, …), as written in shard records."""
         return asdict(self)
 
 

@@ -44,6 +44,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 digest (64 characters) of ``data``: the checksum recorded for each shard file."""
     return hashlib.sha256(data).hexdigest()
 
 
