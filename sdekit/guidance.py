@@ -20,15 +20,21 @@ exact class-conditional score; γ > 1 sharpens it.
   the label, so the same weighted sum is correct for any of them; wrap the
   result with :func:`sdekit.score_from_epsilon` (etc.) as for an unguided network.
 
-Labels are an int (one label for the whole batch) or a ``(B, …)`` tensor, one
-per sample.  Per-sample labels need every call to see the whole batch, as the
-fixed-step samplers do; ``sample(method="ode")`` drops finished samples from
-its batch, which a per-sample label tensor cannot follow (a clear error is
-raised) — sample one label per call there.
+Labels are an int (one label for the whole batch), a ``(B, …)`` tensor (one per
+sample: class indices or embeddings), or ``None``: then each call reads them
+from its keyword arguments, ``model_kwargs[label_key]`` (default ``"y"``, the
+name guided-diffusion and DiT use), so they arrive as per-sample conditioning
+(:mod:`sdekit.conditioning`).  A wrapper built with a per-sample label tensor
+hands it to the samplers as bound conditioning, so every method — the
+adaptive ODE and :func:`sdekit.log_likelihood`, which evaluate only their
+still-active samples, included — gathers the labels with their rows.
+Other keyword arguments (masks, embeddings) reach the model unchanged; in
+classifier-free guidance their tensors are doubled with the batch.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -63,37 +69,93 @@ def _check_label(name: str, label):
     return _OnDevice(label) if isinstance(label, torch.Tensor) else label
 
 
+#: Keyword under which a wrapper's own per-sample labels travel as bound conditioning.
+BOUND_LABELS = "_sdekit_guidance_labels"
+
+
+def _check_label_key(label_key) -> str:
+    if not isinstance(label_key, str) or not label_key:
+        raise TypeError(f"label_key must be a non-empty string (a model keyword), got {label_key!r}")
+    return label_key
+
+
 def _batched(name: str, label, x: torch.Tensor, *, per_sample_ok: bool = True) -> torch.Tensor:
     """``label`` as a ``(B, …)`` tensor on ``x``'s device for a call with ``B = x.shape[0]``."""
     B = x.shape[0]
     if isinstance(label, int):
         return torch.full((B,), label, dtype=torch.int64, device=x.device)
-    label = label.on(x.device)
+    label = label.on(x.device) if isinstance(label, _OnDevice) else label.to(x.device)
     if label.dim() == 0:
         return label.expand(B)
     if per_sample_ok and label.shape[0] == B:
         return label
     raise ValueError(
-        f"{name} has {label.shape[0]} entries but the model was called with a batch of {B}; per-sample "
-        f"labels need a sampler that evaluates the whole batch at every call (the fixed-step methods). "
-        f"sample(method='ode') drops finished samples from its batch: sample one label per call there"
+        f"{name} has {label.shape[0]} entries but the model was called with a batch of {B}; "
+        f"per-sample labels must have the batch as leading dimension. sdekit.sample and "
+        f"sdekit.log_likelihood gather them with the samples they evaluate; other solvers that "
+        f"evaluate part of the batch need the labels passed per call, as model_kwargs (labels=None)"
     )
+
+
+def _call_labels(owner, name: str, model_kwargs: dict, x: torch.Tensor) -> torch.Tensor:
+    """The labels of this call: the wrapper's own, or popped from ``model_kwargs[owner.label_key]``."""
+    if owner.labels is not None:
+        return _batched(name, owner.labels, x)
+    if owner.label_key not in model_kwargs:
+        raise ValueError(f"{name}=None: pass the labels per call as model_kwargs[{owner.label_key!r}] "
+                         f"(a (B, ...) tensor or an int)")
+    label = model_kwargs.pop(owner.label_key)
+    if isinstance(label, bool) or not isinstance(label, (int, torch.Tensor)):
+        raise TypeError(f"model_kwargs[{owner.label_key!r}] (the {name}) must be an int or a tensor, "
+                        f"got {type(label).__name__}")
+    return _batched(f"model_kwargs[{owner.label_key!r}]", label, x)
+
+
+def _unbind_labels(owner):
+    """``(copy reading the labels from model_kwargs, {key: labels})`` for per-sample tensor labels, else ``None``."""
+    if not isinstance(owner.labels, _OnDevice):
+        return None
+    labels = next(iter(owner.labels.copies.values()))
+    if labels.dim() == 0:
+        return None
+    clone = copy.copy(owner)
+    clone.labels, clone.label_key = None, BOUND_LABELS
+    return clone, {BOUND_LABELS: labels}
+
+
+def _double(value):
+    """Conditioning for the doubled batch ``[x; x]``: every tensor leaf concatenated with itself."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value])
+    if isinstance(value, dict):
+        return {k: _double(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_double(v) for v in value)
+    return value
 
 
 class ClassifierGuidedScore:
     """``s(x, t) + γ ∇ₓ log p_t(y | x)`` — see :func:`classifier_guidance`."""
 
-    def __init__(self, score: Callable, classifier: Callable, labels, scale: float):
+    def __init__(self, score: Callable, classifier: Callable, labels, scale: float, label_key: str = "y"):
         self.score = checked_score(score)
         if not callable(classifier):
             raise TypeError(f"classifier must be callable as classifier(x, t), got {type(classifier).__name__}")
         self.classifier = classifier
-        self.labels = _check_label("labels", labels)
+        self.labels = None if labels is None else _check_label("labels", labels)
         self.scale = _finite_scale(scale)
+        self.label_key = _check_label_key(label_key)
 
-    def log_prob_grad(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``∇ₓ log p_t(y | x)``, shape of ``x`` (one backward pass through the classifier)."""
-        y = _batched("labels", self.labels, x)
+    def _sdekit_unbind(self):
+        """Per-sample labels as bound conditioning (:func:`sdekit.conditioning.unbind_conditioning`)."""
+        return _unbind_labels(self)
+
+    def log_prob_grad(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
+        """``∇ₓ log p_t(y | x)``, shape of ``x`` (one backward pass through the classifier).
+
+        ``labels``: this call's labels (default: the wrapper's own).
+        """
+        y = _batched("labels", self.labels if labels is None else labels, x)
         if y.dim() != 1 or y.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"labels must be class indices (int or (B,) integer tensor), "
                              f"got {y.dtype} {tuple(y.shape)}")
@@ -107,39 +169,46 @@ class ClassifierGuidedScore:
             (grad,) = torch.autograd.grad(log_p.sum(), xg)
         return grad
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s = self.score(x, t)
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        y = _call_labels(self, "labels", model_kwargs, x)
+        s = self.score(x, t, **model_kwargs)
         if self.scale == 0.0:
             return s
-        return s + self.scale * self.log_prob_grad(x, t).to(s.dtype)
+        return s + self.scale * self.log_prob_grad(x, t, y).to(s.dtype)
 
 
 class ClassifierFreeGuided:
     """``γ·model(x, t, y) + (1 − γ)·model(x, t, ∅)`` in one forward — see :func:`classifier_free_guidance`."""
 
-    def __init__(self, model: Callable, labels, scale: float, null_label):
+    def __init__(self, model: Callable, labels, scale: float, null_label, label_key: str = "y"):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, t, y), got {type(model).__name__}")
         self.model = model
-        self.labels = _check_label("labels", labels)
+        self.labels = None if labels is None else _check_label("labels", labels)
         self.null_label = _check_label("null_label", null_label)
         self.scale = _finite_scale(scale)
+        self.label_key = _check_label_key(label_key)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _sdekit_unbind(self):
+        """Per-sample labels as bound conditioning (:func:`sdekit.conditioning.unbind_conditioning`)."""
+        return _unbind_labels(self)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
         B = x.shape[0]
-        y = _batched("labels", self.labels, x)
+        y = _call_labels(self, "labels", model_kwargs, x)
         null = _batched("null_label", self.null_label, x, per_sample_ok=False)
         if y.shape[1:] != null.shape[1:]:
             raise ValueError(f"null_label must have the shape of one label {tuple(y.shape[1:])}, "
                              f"got {tuple(null.shape[1:])}")
         x2 = torch.cat([x, x])
-        out = self.model(x2, torch.cat([t, t]), torch.cat([y, null.to(y.dtype)]))
+        out = self.model(x2, torch.cat([t, t]), torch.cat([y, null.to(y.dtype)]), **_double(model_kwargs))
         out = check_model_output("guided model", out, x2)
         cond, uncond = out[:B], out[B:]
         return torch.lerp(uncond, cond, self.scale)  # uncond + γ (cond − uncond)
 
 
-def classifier_guidance(score: Callable, classifier: Callable, labels, scale: float = 1.0) -> ClassifierGuidedScore:
+def classifier_guidance(score: Callable, classifier: Callable, labels, scale: float = 1.0, *,
+                        label_key: str = "y") -> ClassifierGuidedScore:
     """Classifier guidance: the score model ``s(x, t) + γ ∇ₓ log p_t(y | x)``.
 
     Source: seed notes 000 ("Guidance scale"), 001 ("Conditioning v1"), 003
@@ -155,20 +224,24 @@ def classifier_guidance(score: Callable, classifier: Callable, labels, scale: fl
         score: score model ``score(x, t)``, ``x`` ``(B, *D)``, ``t`` ``(B,)`` → ``(B, *D)``.
         classifier: noisy classifier ``classifier(x, t)`` → logits ``(B, K)``
             (``log_softmax`` is applied, so log-probabilities work too).
-        labels: class index ``y`` (int) or ``(B,)`` integer tensor, one per sample.
+        labels: class index ``y`` (int), ``(B,)`` integer tensor (one per
+            sample), or ``None``: read per call from ``model_kwargs[label_key]``.
         scale: guidance scale γ (0: unguided; 1: the conditional score).
+        label_key: the keyword holding the labels when ``labels`` is ``None``
+            (removed before the other keyword arguments go to ``score``).
     Returns:
-        a score model ``guided(x, t)`` → ``(B, *D)``.
+        a score model ``guided(x, t, **model_kwargs)`` → ``(B, *D)``.
     Raises:
         TypeError: if ``score``/``classifier`` is not callable or ``labels`` is
             neither an int nor a tensor.
         ValueError: if ``scale`` is not finite; on call, if the classifier does
             not return ``(B, K)`` or ``labels`` does not match the batch.
     """
-    return ClassifierGuidedScore(score, classifier, labels, scale)
+    return ClassifierGuidedScore(score, classifier, labels, scale, label_key)
 
 
-def classifier_free_guidance(model: Callable, labels, scale: float, null_label) -> ClassifierFreeGuided:
+def classifier_free_guidance(model: Callable, labels, scale: float, null_label, *,
+                             label_key: str = "y") -> ClassifierFreeGuided:
     """Classifier-free guidance: ``γ·model(x, t, y) + (1 − γ)·model(x, t, ∅)``, one batched forward.
 
     Source: seed notes 000 ("Classifier-free-corrected noise prediction"), 001
@@ -177,19 +250,22 @@ def classifier_free_guidance(model: Callable, labels, scale: float, null_label) 
     ``[x; x]`` with labels ``[y; ∅]``.
 
     Args:
-        model: conditional network ``model(x, t, y)`` → ``(B, *D)``, trained with
+        model: conditional network ``model(x, t, y, **model_kwargs)`` → ``(B, *D)``, trained with
             the label sometimes replaced by ``null_label``.  Its output may be ε,
             a score, x̂₀, v or a denoiser output (all are affine in ε with
             label-independent weights); turn the result into a score model as
             usual, e.g. ``sdekit.score_from_epsilon(guided, sde)``.
-        labels: an int or a ``(B, …)`` tensor (class indices, embeddings…).
+        labels: an int, a ``(B, …)`` tensor (class indices, embeddings…), or
+            ``None``: read per call from ``model_kwargs[label_key]``.
         scale: guidance scale γ (1: conditional model; 0: unconditional).
         null_label: the "no label" input ∅: an int or a tensor shaped like one label.
+        label_key: the keyword holding the labels when ``labels`` is ``None``;
+            the other keyword arguments reach ``model`` with their tensors doubled.
     Returns:
-        ``guided(x, t)`` → ``(B, *D)``, in the model's parameterisation.
+        ``guided(x, t, **model_kwargs)`` → ``(B, *D)``, in the model's parameterisation.
     Raises:
         TypeError: if ``model`` is not callable or a label is neither int nor tensor.
         ValueError: if ``scale`` is not finite; on call, if the model's output is
             not ``(2B, *D)`` or ``labels``/``null_label`` do not fit the batch.
     """
-    return ClassifierFreeGuided(model, labels, scale, null_label)
+    return ClassifierFreeGuided(model, labels, scale, null_label, label_key)

@@ -2,7 +2,9 @@
 
 A *score model* is any callable ``score(x, t)`` with ``x`` of shape ``(B, *D)``
 and ``t`` of shape ``(B,)`` in SDE time, returning ``∇ₓ log p_t(x)`` of shape
-``(B, *D)``.  The adapters below turn the networks people train into one,
+``(B, *D)``; a conditional one is called ``score(x, t, **model_kwargs)`` with
+per-sample conditioning whose tensors are ``(B, …)`` (:mod:`sdekit.conditioning`),
+and the adapters pass ``model_kwargs`` on to the network.  The adapters below turn the networks people train into one,
 given the linear SDE whose marginal ``x_t = m(t) x_0 + σ(t) ε`` they were
 trained on (offset-free SDEs: VP, sub-VP, VE).
 
@@ -14,6 +16,7 @@ Source of the conversions: Tweedie's formula ``E[x_0 | x_t] = (x_t + σ² s)/m``
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -32,12 +35,23 @@ def checked_score(score: Callable) -> Callable:
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
 
-    def wrapped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return check_model_output("score model", score(x, t), x)
+    def wrapped(x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        return check_model_output("score model", score(x, t, **model_kwargs), x)
 
-    wrapped._sdekit_checked = True
-    wrapped.__wrapped__ = score
+    def unbind():
+        found = _unbind_inner(score)
+        return None if found is None else (checked_score(found[0]), found[1])
+
+    wrapped._sdekit_checked = True  # type: ignore[attr-defined]
+    wrapped._sdekit_unbind = unbind  # type: ignore[attr-defined]
+    wrapped.__wrapped__ = score  # type: ignore[attr-defined]
     return wrapped
+
+
+def _unbind_inner(fn):
+    """``fn._sdekit_unbind()`` if ``fn`` carries bound conditioning (see :func:`sdekit.conditioning.unbind_conditioning`)."""
+    unbind = getattr(fn, "_sdekit_unbind", None)
+    return unbind() if callable(unbind) else None
 
 
 class _Adapter:
@@ -56,16 +70,26 @@ class _Adapter:
         s = expand_as_batch(self.sde.std(t), x)
         return m, s
 
-    def _net(self, name, x, t):
+    def _net(self, name, x, t, model_kwargs):
         t_in = t if self.time_input is None else self.time_input(t)
-        return check_model_output(name, self.model(x, t_in), x)
+        return check_model_output(name, self.model(x, t_in, **model_kwargs), x)
+
+    def _sdekit_unbind(self):
+        """The same adapter around the network with its bound conditioning moved to keyword arguments."""
+        found = _unbind_inner(self.model)
+        if found is None:
+            return None
+        clone = copy.copy(self)
+        clone.model = found[0]
+        return clone, found[1]
 
 
 class EpsilonScore(_Adapter):
     """Score from an ε-prediction network: ``s(x, t) = −ε̂(x, t) / σ(t)``.
 
     Args:
-        model: ``model(x, t_in)`` → ``ε̂`` of shape ``(B, *D)``.
+        model: ``model(x, t_in, **model_kwargs)`` → ``ε̂`` of shape ``(B, *D)``
+            (``model_kwargs``: the conditioning the sampler passes, often none).
         sde: linear SDE the network was trained on.
         time_input: optional map from SDE time ``(B,)`` to the network's time
             input (e.g. ``lambda t: 999 * t`` for a DDPM timestep index).
@@ -74,9 +98,9 @@ class EpsilonScore(_Adapter):
         ValueError (on call): if the network's output has the wrong shape.
     """
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, **model_kwargs):
         _, s = self._coeffs(x, t)
-        return -self._net("epsilon model", x, t) / s
+        return -self._net("epsilon model", x, t, model_kwargs) / s
 
 
 class X0Score(_Adapter):
@@ -85,9 +109,9 @@ class X0Score(_Adapter):
     Arguments, errors: as :class:`EpsilonScore`.
     """
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, **model_kwargs):
         m, s = self._coeffs(x, t)
-        return (m * self._net("x0 model", x, t) - x) / s**2
+        return (m * self._net("x0 model", x, t, model_kwargs) - x) / s**2
 
 
 class VScore(_Adapter):
@@ -98,9 +122,9 @@ class VScore(_Adapter):
     Arguments, errors: as :class:`EpsilonScore`.
     """
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, **model_kwargs):
         m, s = self._coeffs(x, t)
-        v = self._net("v model", x, t)
+        v = self._net("v model", x, t, model_kwargs)
         return -(s * x + m * v) / (s * (m**2 + s**2))
 
 
@@ -112,7 +136,7 @@ class DenoiserScore(_Adapter):
     VE SDE ``m = 1`` and ``σ̃ = σ(t)``.
 
     Args:
-        model: ``model(x̃, sigma)`` with ``sigma`` of shape ``(B,)`` → ``(B, *D)``.
+        model: ``model(x̃, sigma, **model_kwargs)`` with ``sigma`` of shape ``(B,)`` → ``(B, *D)``.
         sde: linear SDE giving ``m(t)`` and ``σ(t)``.
     Raises:
         TypeError: if ``sde`` has no closed-form marginal.
@@ -122,10 +146,10 @@ class DenoiserScore(_Adapter):
     def __init__(self, model: Callable, sde):
         super().__init__(model, sde)
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, **model_kwargs):
         m, s = self._coeffs(x, t)
         sigma = self.sde.std(t) / self.sde.mean_coeff(t)
-        x0 = check_model_output("denoiser", self.model(x / m, sigma), x)
+        x0 = check_model_output("denoiser", self.model(x / m, sigma, **model_kwargs), x)
         return (m * x0 - x) / s**2
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_choice, check_finite, check_positive_int, check_tensor
+from ..conditioning import flatten_model_kwargs, unbind_conditioning
 from ..noise import check_sample_index, counter_normal, counter_rademacher
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
@@ -51,6 +52,7 @@ def log_likelihood(
     seed: int | None = None,
     sample_index: torch.Tensor | None = None,
     monitor=None,
+    model_kwargs: dict | None = None,
 ) -> LikelihoodResult:
     """Log-density of ``x`` under the model ``p_eps``, by the instantaneous change of variables.
 
@@ -65,8 +67,8 @@ def log_likelihood(
     augmented state; no scipy, no host round trip but one sync per step.
 
     Args:
-        score: score model ``score(x, t)``, differentiable in ``x`` (autograd
-            is enabled inside, even under ``torch.no_grad``).
+        score: score model ``score(x, t, **model_kwargs)``, differentiable in
+            ``x`` (autograd is enabled inside, even under ``torch.no_grad``).
         sde: forward SDE with ``prior_log_prob``.
         x: ``(B, *D)`` data (already dequantised; see :func:`sdekit.bits_per_dim`).
         trace: ``"hutchinson"`` (unbiased estimate) or ``"exact"`` (``D`` VJPs per evaluation).
@@ -87,11 +89,15 @@ def log_likelihood(
             a sample's augmented ODE first returned a non-finite value (its
             evaluation number and ``t``), freezes that sample so the others
             finish, and sets its outputs to NaN.
+        model_kwargs: per-sample conditioning for the score model (tensors
+            ``(B, …)``; :mod:`sdekit.conditioning`), gathered with the samples
+            RK45 still integrates, so ``log_prob[b]`` is ``log p(x_b | c_b)``.
     Returns:
         :class:`LikelihoodResult`; ``log_prob`` in nats, shape ``(B,)``.
     Raises:
-        ValueError / TypeError: on a bad argument (named), non-finite ``x``, or
-            a score model returning the wrong shape.
+        ValueError / TypeError: on a bad argument (named), non-finite ``x``, a
+            ``model_kwargs`` tensor whose leading dimension is not ``B``, or a
+            score model returning the wrong shape.
         ToleranceNotMetError: if RK45 exceeds ``max_steps``.
     """
     check_tensor("x", x, min_dim=2)
@@ -101,22 +107,26 @@ def log_likelihood(
     probes = check_positive_int("probes", probes)
     if not (0.0 <= eps < sde.T):
         raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps}")
-    flow = sde.probability_flow(checked_score(score))
     B, shape = x.shape[0], x.shape[1:]
+    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B)
+    flow = sde.probability_flow(score)
     D = x[0].numel()
     n_div = probes if trace == "hutchinson" else 1
+    leaves, rebuild = flatten_model_kwargs(model_kwargs)
+    n_cond = len(leaves)
 
-    def augmented(t, y, *v):
+    def augmented(t, y, *rest):
+        cond, v = rebuild(rest[:n_cond]), rest[n_cond:]
         xt = y[:, :D].reshape((-1,) + tuple(shape))
         with torch.enable_grad():
             xt = xt.detach().requires_grad_(True)
-            f = flow.drift(xt, t)
+            f = flow.drift(xt, t, **cond)
             div = hutchinson_divergence(f, xt, v[0]) if v else exact_divergence(f, xt)
         return torch.cat([f.detach().flatten(1), div.detach()], dim=1)
 
-    args = ()
+    args = leaves
     if trace == "hutchinson":
-        args = (_probes(x, probes, noise, generator, seed, sample_index),)
+        args = leaves + (_probes(x, probes, noise, generator, seed, sample_index),)
     y0 = torch.cat([x.flatten(1), x.new_zeros(B, n_div)], dim=1)
     func = augmented
     if monitor is not None:

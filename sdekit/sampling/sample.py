@@ -13,6 +13,7 @@ from .._checks import (
     check_positive_int,
     check_tensor,
 )
+from ..conditioning import bind_model_kwargs, flatten_model_kwargs, unbind_conditioning
 from ..kernels import affine_update, normal, resolve_backend
 from ..kernels._args import noise_key
 from ..noise import check_sample_index, split_seed
@@ -130,6 +131,7 @@ def sample(
     backend: str | None = None,
     capturable: bool = False,
     monitor=None,
+    model_kwargs: dict | None = None,
 ) -> SampleResult:
     """Draw samples by integrating the reverse-time SDE or the probability-flow ODE from ``T`` to ``eps``.
 
@@ -148,7 +150,7 @@ def sample(
     (the two agree up to float32 rounding of ``log``/``cos``/``sin``).
 
     Args:
-        score: score model ``score(x, t)``, ``x`` ``(B, *D)``, ``t`` ``(B,)`` → ``(B, *D)``.
+        score: score model ``score(x, t, **model_kwargs)``, ``x`` ``(B, *D)``, ``t`` ``(B,)`` → ``(B, *D)``.
         sde: forward SDE (:class:`~sdekit.VPSDE`, :class:`~sdekit.SubVPSDE`,
             :class:`~sdekit.VESDE`, :class:`~sdekit.OrnsteinUhlenbeck`, or any
             :class:`~sdekit.sdes.AbstractSDE` for ``"euler_maruyama"``/``"ode"``).
@@ -201,8 +203,9 @@ def sample(
         :class:`SampleResult` with ``x`` of shape ``shape`` and per-sample NFE.
     Raises:
         ValueError / TypeError: on a bad argument (named in the message), a
-            non-linear SDE for a method that needs closed forms, or a score model
-            returning the wrong shape.
+            non-linear SDE for a method that needs closed forms, a
+            ``model_kwargs`` tensor whose leading dimension is not ``B``, or a
+            score model returning the wrong shape.
         RuntimeError: ``backend="triton"`` where the kernels cannot run.
         ToleranceNotMetError: if RK45 cannot reach ``eps`` within ``max_steps``.
 
@@ -225,11 +228,13 @@ def sample(
     snr = check_positive("snr", snr)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
     eps = sde.sampling_eps if eps is None else float(eps)
-    score = checked_score(score)
+    B = shape[0]
+    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B)
+    if method != "ode":  # fixed-step methods evaluate the whole batch at every call
+        score = bind_model_kwargs(score, model_kwargs)
     predictor = PREDICTORS[method](sde, score) if method in PREDICTORS else None
     if denoise:
         check_denoisable(sde)
-    B = shape[0]
     dev = torch.empty(0, device=device).device  # canonical: "cuda" → "cuda:0"
     if x_init is not None:
         check_tensor("x_init", x_init)
@@ -240,12 +245,13 @@ def sample(
         seed = _resolve_seed(seed, generator, capturable)
         x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, capturable)
         grid = time_grid(sde, steps, eps, timesteps, device="cpu")
-        return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor)
+        return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor,
+                           model_kwargs)
     if method == "dpmpp_2m":
         grid = logsnr_grid(sde, steps, eps) if timesteps is None else time_grid(sde, steps, eps, timesteps)
         x = _initial_state(sde, shape, x_init, _resolve_seed(seed, generator, False), idx, dev, dtype, backend, False)
         x, nfe = sample_dpmpp_2m(score, sde, x, grid, denoise, monitor)
-        full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)  # noqa: E731
+        full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)
         return SampleResult(x=x, nfe=full(nfe), steps=full(grid.numel() - 1))
 
     fix = None
@@ -258,7 +264,7 @@ def sample(
         x = monitor.fill_nan(x)
     n = len(plan.times) - 1
     nfe = n * (1 + plan.corrector_steps) + (plan.denoise is not None)
-    full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)  # noqa: E731
+    full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)
     return SampleResult(x=x, nfe=full(nfe), steps=full(n))
 
 
@@ -320,7 +326,7 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     each step ``i`` (reported with ``t_i``) and after denoising (step ``N``).
     """
     B, K, times = x.shape[0], plan.corrector_steps, plan.times
-    key = dict(seed=plan.seed, sample_index=sample_index, backend=backend)
+    key = {"seed": plan.seed, "sample_index": sample_index, "backend": backend}
     iterator = range(len(times) - 1)
     if progress:
         from tqdm.auto import tqdm
@@ -348,10 +354,10 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     return x
 
 
-def _denoise(sde, score, x, t_last: float, backend):
+def _denoise(sde, score, x, t_last: float, backend, model_kwargs):
     """Tweedie's ``E[x_0 | x]`` at time ``t_last`` as one fused noise-free update (one evaluation)."""
     a, b, d = (float(v) for v in tweedie_coefficients(sde, torch.tensor([t_last], dtype=torch.float64)))
-    s = score(x, torch.full((x.shape[0],), t_last, dtype=x.dtype, device=x.device))
+    s = score(x, torch.full((x.shape[0],), t_last, dtype=x.dtype, device=x.device), **model_kwargs)
     return affine_update(x, s, a, b, 0.0, d, backend=backend)
 
 
@@ -361,37 +367,44 @@ def _ode_progress(func, t_start: float, t_end: float):
 
     bar = tqdm(total=round(abs(t_end - t_start), 6), desc="sample (ode)", unit="t")
 
-    def wrapped(t, y):
+    def wrapped(t, y, *args):
         done = round(float((t - t_start).abs().min()), 6)  # least advanced sample; RK stages can step back
         if done > bar.n:
             bar.n = done
             bar.refresh()
-        return func(t, y)
+        return func(t, y, *args)
 
     return wrapped, bar
 
 
-def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor=None) -> SampleResult:
+def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor,
+                model_kwargs) -> SampleResult:
     """Probability-flow sampling from ``grid[0]`` to ``grid[-1]`` with per-sample RK45.
 
     Only the end points of ``grid`` are used: the solver chooses its own steps.
-    With a ``monitor``, the right-hand side is guarded (:meth:`NonFiniteMonitor.guard`).
+    The tensors of ``model_kwargs`` ride along as ``solve_adaptive`` args, so
+    they are gathered with the active samples.  With a ``monitor``, the
+    right-hand side is guarded (:meth:`NonFiniteMonitor.guard`).
     """
     flow = sde.probability_flow(score)
     t0, t1 = float(grid[0]), float(grid[-1])
-    func = lambda t, y: flow.drift(y, t)  # noqa: E731
+    leaves, rebuild = flatten_model_kwargs(model_kwargs)
+
+    def func(t, y, *cond):
+        return flow.drift(y, t, **rebuild(cond))
+
     bar = None
     if progress:
         func, bar = _ode_progress(func, t0, t1)
-    args = ()
+    args = leaves
     if monitor is not None:
-        func, args = monitor.guard(func), (monitor.slots(),)
+        func, args = monitor.guard(func), (monitor.slots(),) + leaves
     sol = solve_adaptive(func, x, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps, args=args)
     if bar is not None:
         bar.close()
     x, nfe = sol.y, sol.nfe
     if denoise:
-        x = _denoise(sde, score, x, t1, backend)
+        x = _denoise(sde, score, x, t1, backend, model_kwargs)
         nfe = nfe + 1
         if monitor is not None:
             monitor.after_step(monitor.evaluations, t1, x)

@@ -31,14 +31,14 @@ class ReverseSDE(_ScoreDriven):
 
     Args:
         sde: the forward :class:`~sdekit.sdes.base.AbstractSDE`.
-        score: callable ``score(x, t)``, ``x`` ``(B, *D)``, ``t`` ``(B,)`` → ``(B, *D)``.
+        score: callable ``score(x, t, **model_kwargs)``, ``x`` ``(B, *D)``, ``t`` ``(B,)`` → ``(B, *D)``.
     Raises (when called):
         ValueError: if ``score`` returns a tensor of the wrong shape.
     """
 
-    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Reverse drift ``f − g² s`` (per unit of forward time), ``(B, *D)``."""
-        return self.sde.drift(x, t) - _g2(self.sde.diffusion(x, t), x) * self.score(x, t)
+    def drift(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        """Reverse drift ``f − g² s`` (per unit of forward time), ``(B, *D)``; ``model_kwargs`` go to the score."""
+        return self.sde.drift(x, t) - _g2(self.sde.diffusion(x, t), x) * self.score(x, t, **model_kwargs)
 
     def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Diffusion ``g(t)``, the forward SDE's."""
@@ -58,8 +58,11 @@ class ProbabilityFlowODE(_ScoreDriven):
         ValueError: if ``score`` returns a tensor of the wrong shape.
     """
 
-    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Velocity ``dx/dt``, ``(B, *D)``, for ``x`` ``(B, *D)`` and ``t`` ``(B,)``."""
-        return self.sde.drift(x, t) - 0.5 * _g2(self.sde.diffusion(x, t), x) * self.score(x, t)
+    def drift(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        """Velocity ``dx/dt``, ``(B, *D)``, for ``x`` ``(B, *D)`` and ``t`` ``(B,)``.
+
+        ``model_kwargs``: per-sample conditioning for the score model, rows aligned with ``x``.
+        """
+        return self.sde.drift(x, t) - 0.5 * _g2(self.sde.diffusion(x, t), x) * self.score(x, t, **model_kwargs)
 
     __call__ = drift
