@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from k_diffusion_reference import load_sampling
 
 import sdekit
-from k_diffusion_reference import load_sampling
 from sdekit.integrations import k_diffusion as ours
 from sdekit.testing import GaussianMixture, example_mixture
 
@@ -95,7 +95,7 @@ def test_dopri5_follows_the_exact_probability_flow():
     got, info = ours.sample_dopri5(mixture_denoiser(gauss), x, sigmas, rtol=1e-7, atol=1e-7, return_info=True)
     lam, U = torch.linalg.eigh(MIX.covs[0])
     mu = MIX.means[0]
-    C = lambda s: lam + s**2  # noqa: E731
+    C = lambda s: lam + s**2
     flow = U @ torch.diag((C(0.01) / C(80.0)).sqrt()) @ U.T
     denoise = U @ torch.diag(lam / C(0.01)) @ U.T
     exact = mu + (x - mu) @ flow.T @ denoise.T
@@ -125,7 +125,7 @@ def test_callback_extra_args_and_churn():
     assert [d["i"] for d in seen] == [0, 1, 2] and set(calls) == {1.0}
     assert set(seen[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"} and seen[0]["denoised"].shape == x.shape
     # Churn draws from the generator: reproducible, and different from no churn.
-    run = lambda seed: ours.sample_euler(mixture_denoiser(), x, sigmas, s_churn=2.0, disable=True,  # noqa: E731
+    run = lambda seed: ours.sample_euler(mixture_denoiser(), x, sigmas, s_churn=2.0, disable=True,
                                          generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(run(0), run(0))
     assert not torch.allclose(run(0), ours.sample_euler(mixture_denoiser(), x, sigmas, disable=True))
@@ -140,3 +140,49 @@ def test_callback_extra_args_and_churn():
 def test_bad_sigmas_are_rejected(sigmas, match):
     with pytest.raises(ValueError, match=match):
         ours.sample_euler(mixture_denoiser(), torch.zeros(2, 2), sigmas, disable=True)
+
+
+@needs_kd
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["mixture", "network"])
+def test_dpmpp_2m_agrees_with_k_diffusion(kind, dtype):
+    model, x, sigmas = _problem(kind, dtype)
+    seen_kd, seen = [], []
+    expected = KD.sample_dpmpp_2m(model, x, sigmas, disable=True, callback=seen_kd.append)
+    got = ours.sample_dpmpp_2m(model, x, sigmas, disable=True, callback=seen.append)
+    scale = float(expected.abs().max())
+    assert float((got - expected).abs().max()) <= _tolerance(dtype, scale)
+    assert [d["i"] for d in seen] == [d["i"] for d in seen_kd] == list(range(N_STEPS))
+    for ref, ours_ in zip(seen_kd, seen):
+        assert float(ours_["sigma"]) == float(ref["sigma"])
+        assert float((ours_["denoised"] - ref["denoised"]).abs().max()) <= _tolerance(dtype, scale)
+
+
+@needs_kd
+def test_dpmpp_2m_agrees_with_k_diffusion_without_the_step_to_zero():
+    model, x, sigmas = _problem("mixture", torch.float64)
+    expected = KD.sample_dpmpp_2m(model, x, sigmas[:-1], disable=True)
+    got = ours.sample_dpmpp_2m(model, x, sigmas[:-1], disable=True)
+    assert float((got - expected).abs().max()) <= _tolerance(torch.float64, float(expected.abs().max()))
+    one = torch.tensor([80.0, 0.0], dtype=torch.float64)  # a single step to 0 returns D(x, σ_0)
+    torch.testing.assert_close(ours.sample_dpmpp_2m(model, x, one, disable=True), model(x, 80.0 * x.new_ones(256)))
+
+
+@needs_kd
+@pytest.mark.parametrize("name, kwargs", [
+    ("euler_ancestral", {}),
+    ("euler_ancestral", {"eta": 0.5}),
+    ("euler", {"s_churn": 5.0}),
+    ("heun", {"s_churn": 5.0}),
+])
+def test_default_noise_is_k_diffusions_global_rng(name, kwargs):
+    """Without seed= or generator the noise comes from torch's global RNG in k-diffusion's order."""
+    model, x, sigmas = _problem("mixture", torch.float64)
+
+    def run(module):
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            return getattr(module, f"sample_{name}")(model, x, sigmas, disable=True, **kwargs)
+
+    expected, got = run(KD), run(ours)
+    assert float((got - expected).abs().max()) <= _tolerance(torch.float64, float(expected.abs().max()))

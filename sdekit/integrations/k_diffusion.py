@@ -1,4 +1,4 @@
-"""k-diffusion-compatible samplers driven by sdekit's probability flow, predictors and RK45.
+"""k-diffusion-compatible samplers driven by sdekit's probability flow, predictors, RK45 and DPM-Solver++.
 
     from sdekit.integrations import k_diffusion as K
     x = K.sample_heun(denoiser, x, sigmas)           # was: k_diffusion.sampling.sample_heun(...)
@@ -8,50 +8,53 @@ A k-diffusion denoiser ``model(x, sigma, **extra_args) → D`` (``x`` ``(B, *D)`
 the noise level: the SDE is :class:`~sdekit.EDMSDE` (``σ(t) = t``), the denoiser
 becomes a score model with :func:`denoiser_score` (sdekit's
 :func:`~sdekit.score_from_denoiser`), and each sampler steps that SDE's
-probability flow ``dx/dσ = −½ g² s = (x − D)/σ`` (Karras et al. 2022, eq. 3)
-or its exact ancestral posterior.  ``sigmas`` is descending and usually ends
-in 0 (``get_sigmas_karras`` etc.), ``x`` starts as ``σ_0 ε``, as in k-diffusion.
+probability flow ``dx/dσ = −½ g² s = (x − D)/σ`` (Karras et al. 2022, eq. 3),
+its exact ancestral posterior, or its exponential integrator (DPM-Solver++).
+``sigmas`` is descending and usually ends in 0 (``get_sigmas_karras`` etc.),
+``x`` starts as ``σ_0 ε``, as in k-diffusion; σ is in the units of ``x``.
+
+Conditioning: ``extra_args`` is per-sample conditioning (sdekit's
+``model_kwargs``, :mod:`sdekit.conditioning`): every tensor in it must have the
+batch ``B`` as leading dimension (``ValueError`` naming the entry otherwise),
+and where a sampler evaluates part of the batch (:func:`sample_dopri5`'s RK45
+active set) the tensors are gathered with the rows, so row ``b`` of the
+model's input always sees row ``b`` of ``extra_args``.  Non-tensor values are
+passed through unchanged.
 
 Randomness: where k-diffusion draws from the global RNG (``randn_like``), these
-samplers take ``generator`` (or k-diffusion's ``noise_sampler``).  ``sigmas``
-is read to the host once per call (k-diffusion compares it on the host every
-step).
+samplers take ``generator`` (or k-diffusion's ``noise_sampler``) and draw the
+same way by default.  With keyword-only ``seed=`` (and ``sample_index=``,
+int64 ``(B,)``, default ``arange(B)``) the noise of row ``b`` at step ``i`` is
+keyed on ``(seed, sample_index[b], i)`` (Philox, :func:`sdekit.kernels.normal`,
+stream ``1 + i``), so it does not depend on the batch the sample is drawn in.
+``sigmas`` is read to the host once per call (k-diffusion compares it on the
+host every step).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 from tqdm.auto import trange
 
-from .._checks import check_finite, check_positive, check_positive_int, check_tensor, expand_as_batch
+from .._checks import check_finite, check_model_output, check_positive, check_positive_int, expand_as_batch
+from ..conditioning import bind_model_kwargs, flatten_model_kwargs
+from ..sampling.dpm_solver import dpmpp_2m_coefficients
 from ..sampling.predictors import Ancestral
 from ..score_models import score_from_denoiser
 from ..sdes.edm import EDMSDE
 from ..solvers.adaptive import solve_adaptive
+from ._k_diffusion_support import SDE, Denoiser, check_bound_extra_args, churn, noise_source, report, setup
 
 __all__ = [
     "denoiser_score",
-    "sample_euler",
-    "sample_heun",
-    "sample_euler_ancestral",
     "sample_dopri5",
+    "sample_dpmpp_2m",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
 ]
-
-
-class _Denoiser:
-    """``model(x, sigma, **extra_args)``, remembering its last output for ``callback``."""
-
-    def __init__(self, model: Callable, extra_args: dict | None):
-        if not callable(model):
-            raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
-        self.model, self.extra_args, self.last = model, dict(extra_args or {}), None
-
-    def __call__(self, x, sigma):
-        self.last = self.model(x, sigma, **self.extra_args)
-        return self.last
 
 
 def denoiser_score(model: Callable, extra_args: dict | None = None, sde: EDMSDE | None = None):
@@ -61,119 +64,101 @@ def denoiser_score(model: Callable, extra_args: dict | None = None, sde: EDMSDE 
     any sdekit sampler or likelihood and the SDE :class:`~sdekit.EDMSDE`:
     ``sdekit.sample(denoiser_score(model), EDMSDE(0.002, 80), shape, method="ode")``.
 
+    ``extra_args`` is bound per-sample conditioning: its tensors are ``(B, …)``
+    for the batch the score will be evaluated on; at every call their leading
+    dimension is checked against ``x``'s batch, and sdekit's samplers take them
+    out of the score (:func:`sdekit.conditioning.unbind_conditioning`) and
+    gather them with the rows they evaluate (RK45's active set).  Conditioning
+    passed at call time, ``score(x, t, **model_kwargs)``, goes to the model too.
+
     Args:
-        model: ``model(x, sigma, **extra_args)`` → ``(B, *D)``.
-        extra_args: keyword arguments passed on every call (e.g. ``cond``).
+        model: ``model(x, sigma, **extra_args)`` → ``(B, *D)``, ``sigma`` ``(B,)`` in units of ``x``.
+        extra_args: keyword arguments for ``model`` (e.g. ``{"cond": labels}``, tensors ``(B, …)``).
         sde: the :class:`~sdekit.EDMSDE` (default ``EDMSDE()``; only ``σ(t) = t`` is used).
     Returns:
-        a score model ``score(x, t)`` with ``t = σ`` ``(B,)``.
+        a score model ``score(x, t, **model_kwargs)`` with ``t = σ`` ``(B,)`` → ``(B, *D)``.
     Raises:
-        TypeError: if ``model`` is not callable or ``sde`` is not an :class:`~sdekit.EDMSDE`.
+        TypeError: if ``model`` is not callable, ``sde`` is not an :class:`~sdekit.EDMSDE`,
+            or ``extra_args`` is not a mapping with string keys.
+        ValueError: naming the entry, if tensors of ``extra_args`` differ in leading
+            dimension or are 0-d; on call, if it is not ``x``'s batch.
     """
     sde = EDMSDE() if sde is None else sde
     if not isinstance(sde, EDMSDE):
         raise TypeError(f"sde must be an EDMSDE (time = sigma), got {type(sde).__name__}")
-    return score_from_denoiser(_Denoiser(model, extra_args), sde)
-
-
-_SDE = EDMSDE()
-
-
-def _setup(model, x, sigmas, extra_args):
-    check_tensor("x", x, min_dim=1)
-    check_tensor("sigmas", sigmas, min_dim=1)
-    if sigmas.dim() != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
-    values = sigmas.tolist()  # the one host read of the call
-    if not all(math.isfinite(v) for v in values) or min(values) < 0:
-        raise ValueError("sigmas must be finite and >= 0")
-    if any(b >= a for a, b in zip(values, values[1:])):
-        raise ValueError("sigmas must be strictly decreasing (from sigma_max towards 0)")
-    sde = _SDE  # only σ(t) = t enters the steps; its σ_min/σ_max are not used
-    denoiser = _Denoiser(model, extra_args)
-    score = score_from_denoiser(denoiser, sde)
-    flow = sde.probability_flow(score)
-    return sde, denoiser, score, flow, values
-
-
-def _churn(x, sigma, values, i, s_churn, s_tmin, s_tmax, s_noise, sde, generator):
-    """EDM's stochastic churn (Karras et al. 2022, Alg. 2 lines 5–6): raise σ_i to σ̂ = σ_i (1 + γ)
-    with the VE SDE's exact forward transition; returns ``(x, σ̂)``."""
-    n = len(values) - 1
-    gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= values[i] <= s_tmax else 0.0
-    sigma_hat = sigma * (gamma + 1.0)
-    if gamma > 0:
-        g = sde.transition(sigma, sigma_hat)[2]  # √(σ̂² − σ²)
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x + expand_as_batch(g, x) * z * s_noise
-    return x, sigma_hat
-
-
-def _report(callback, x, i, sigma, sigma_hat, denoiser):
-    if callback is not None:
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoiser.last})
+    return score_from_denoiser(Denoiser(model, check_bound_extra_args(extra_args)), sde)
 
 
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
-                 s_tmax=float("inf"), s_noise=1.0, generator=None):
+                 s_tmax=float("inf"), s_noise=1.0, generator=None, *, seed=None, sample_index=None):
     """Euler steps of the probability flow ``dx/dσ = (x − D)/σ`` (sdekit's :class:`~sdekit.ProbabilityFlowODE`).
 
     Source: Karras et al. 2022, Algorithm 2 with Euler steps (k-diffusion's
     ``sample_euler``), including the optional churn ``s_churn``/``s_tmin``/
-    ``s_tmax``/``s_noise``.
+    ``s_tmax``/``s_noise``: ``σ̂ = σ_i (1 + γ)``, ``γ = min(s_churn/n, √2 − 1)``
+    for ``s_tmin <= σ_i <= s_tmax``, ``x ← x + s_noise √(σ̂² − σ_i²) z``.
 
     Args:
-        model: denoiser ``model(x, sigma, **extra_args)`` → ``(B, *D)``.
+        model: denoiser ``model(x, sigma, **extra_args)`` → ``(B, *D)``, ``sigma`` ``(B,)``.
         x: ``(B, *D)`` start, ``σ_0 ε``.
-        sigmas: ``(n + 1,)`` strictly decreasing noise levels (time of :class:`~sdekit.EDMSDE`).
-        extra_args: keyword arguments for ``model``.
-        callback: called after each model call with ``{"x", "i", "sigma", "sigma_hat", "denoised"}``.
+        sigmas: ``(n + 1,)`` strictly decreasing noise levels (time of :class:`~sdekit.EDMSDE`,
+            units of ``x``), ``>= 0``.
+        extra_args: per-sample keyword arguments for ``model`` (tensors ``(B, …)``).
+        callback: called after each step's first model call with
+            ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` (k-diffusion's keys).
         disable: disable the tqdm bar (as k-diffusion).
-        generator: ``torch.Generator`` for the churn noise.
+        generator: ``torch.Generator`` for the churn noise (default: the global RNG).
+        seed: keyed, batch-invariant churn noise instead (int in ``[0, 2**64)``).
+        sample_index: int64 ``(B,)`` indices keying each row's noise with ``seed``
+            (default ``arange(B)``).
     Returns:
         ``(B, *D)`` the sample at ``sigmas[-1]``.
     Raises:
-        ValueError / TypeError: on bad ``x``/``sigmas`` (not decreasing, negative,
-            non-finite) or a model output of the wrong shape.
+        ValueError: on bad ``x``/``sigmas`` (not decreasing, negative, non-finite),
+            an ``extra_args`` tensor whose leading dimension is not ``B`` (naming it),
+            a model output of the wrong shape, ``seed`` with ``generator``,
+            ``sample_index`` without ``seed``, or a bad ``seed``/``sample_index``.
+        TypeError: on a non-callable model or non-mapping ``extra_args``.
     """
     return _churned_flow(model, x, sigmas, extra_args, callback, disable, (s_churn, s_tmin, s_tmax, s_noise),
-                         generator, heun=False)
+                         noise_source(x, seed, sample_index, generator), heun=False)
 
 
 @torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
-                s_tmax=float("inf"), s_noise=1.0, generator=None):
+                s_tmax=float("inf"), s_noise=1.0, generator=None, *, seed=None, sample_index=None):
     """Heun (trapezoidal) steps of the probability flow; an Euler step where the next σ is 0.
 
     Source: Karras et al. 2022, Algorithm 2 (second-order Heun, k-diffusion's
     ``sample_heun``).  Two model calls per step (one on the last step to 0).
-    Arguments, return value and errors: as :func:`sample_euler`.
+    Arguments (shapes, units), return value and errors: as :func:`sample_euler`.
     """
     return _churned_flow(model, x, sigmas, extra_args, callback, disable, (s_churn, s_tmin, s_tmax, s_noise),
-                         generator, heun=True)
+                         noise_source(x, seed, sample_index, generator), heun=True)
 
 
-def _churned_flow(model, x, sigmas, extra_args, callback, disable, churn, generator, heun: bool):
+def _churned_flow(model, x, sigmas, extra_args, callback, disable, churn_args, draw, heun: bool):
     """Karras et al. 2022, Alg. 2: churn, then an Euler step (and Heun's correction unless the next σ is 0)."""
-    sde, denoiser, _, flow, values = _setup(model, x, sigmas, extra_args)
+    denoiser, _, flow, values, kw = setup(model, x, sigmas, extra_args)
+    s_churn, s_tmin, s_tmax, s_noise = churn_args
     ones = x.new_ones([x.shape[0]])
     for i in trange(len(values) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas[i] * ones, values, i, *churn, sde, generator)
-        d = flow.drift(x, sigma_hat)
-        _report(callback, x, i, sigmas[i], sigma_hat[0], denoiser)
+        x, sigma_hat = churn(x, sigmas[i] * ones, values, i, s_churn, s_tmin, s_tmax, s_noise, draw)
+        d = flow.drift(x, sigma_hat, **kw)
+        report(callback, x, i, sigmas[i], sigma_hat[0], denoiser.last)
         dt = expand_as_batch(sigmas[i + 1] - sigma_hat, x)
         if not heun or values[i + 1] == 0:
             x = x + d * dt
         else:
-            d_next = flow.drift(x + d * dt, sigmas[i + 1] * ones)
+            d_next = flow.drift(x + d * dt, sigmas[i + 1] * ones, **kw)
             x = x + (d + d_next) / 2 * dt
     return x
 
 
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                           noise_sampler=None, generator=None):
+                           noise_sampler=None, generator=None, *, seed=None, sample_index=None):
     """Ancestral sampling: an Euler step of the flow to ``σ_down``, then fresh noise of size ``σ_up``.
 
     With ``eta = 1`` this is exactly the Gaussian posterior ``q(x_{σ'} | x_σ, D)``
@@ -188,31 +173,41 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         eta: noise fraction in ``[0, 1]``.
         s_noise: noise multiplier.
         noise_sampler: k-diffusion's ``noise_sampler(sigma, sigma_next)`` → ``(B, *D)``
-            standard normals; default draws from ``generator``.
-        generator: ``torch.Generator`` for the default noise.
+            standard normals; default draws from ``generator`` (or keyed on ``seed``).
+        generator: ``torch.Generator`` for the default noise (default: the global RNG).
+        seed, sample_index: keyed, batch-invariant noise (as :func:`sample_euler`).
         Others: as :func:`sample_euler`.
-    Returns, Raises: as :func:`sample_euler`; ``ValueError`` if ``eta`` is outside ``[0, 1]``.
+    Returns:
+        ``(B, *D)`` the sample at ``sigmas[-1]``.
+    Raises:
+        ValueError: as :func:`sample_euler`; if ``eta`` is outside ``[0, 1]``, or
+            ``noise_sampler`` is given with ``seed``/``sample_index``.
+        TypeError: as :func:`sample_euler`.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    sde, denoiser, score, flow, values = _setup(model, x, sigmas, extra_args)
     if noise_sampler is None:
-        def noise_sampler(sigma, sigma_next):
-            return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        draw = noise_source(x, seed, sample_index, generator)
+    elif seed is not None or sample_index is not None:
+        raise ValueError("pass either noise_sampler or seed=/sample_index= (keyed noise), not both")
+    else:
+        def draw(i):
+            return noise_sampler(sigmas[i], sigmas[i + 1])
+    denoiser, score, flow, values, kw = setup(model, x, sigmas, extra_args)
     ones = x.new_ones([x.shape[0]])
-    ancestral = Ancestral(sde, score)
+    ancestral = Ancestral(SDE, bind_model_kwargs(score, kw))  # fixed steps: the whole batch every call
     for i in trange(len(values) - 1, disable=disable):
         sigma, sigma_next = sigmas[i] * ones, sigmas[i + 1] * ones
-        last = values[i + 1] == 0
-        z = torch.zeros_like(x) if last else noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise
+        z = torch.zeros_like(x) if values[i + 1] == 0 else draw(i) * s_noise
         if eta == 1.0:
             x_new = ancestral.step(x, sigma.double(), sigma_next.double(), z)[0]
         else:
             var_up = sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2
             sigma_up = torch.minimum(sigma_next, eta * var_up.sqrt())
             sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
-            x_new = x + flow.drift(x, sigma) * expand_as_batch(sigma_down - sigma, x) + expand_as_batch(sigma_up, x) * z
-        _report(callback, x, i, sigmas[i], sigmas[i], denoiser)
+            drift = flow.drift(x, sigma, **kw)
+            x_new = x + drift * expand_as_batch(sigma_down - sigma, x) + expand_as_batch(sigma_up, x) * z
+        report(callback, x, i, sigmas[i], sigmas[i], denoiser.last)
         x = x_new
     return x
 
@@ -227,35 +222,85 @@ def sample_dopri5(model, x, sigmas, extra_args=None, callback=None, disable=None
     steps and error control; Dormand & Prince 1980), then, if ``sigmas`` ends
     in 0, takes the final Euler step to 0, ``x ← D(x, σ_min)``, as
     :func:`sample_euler` does.  Only the end points of ``sigmas`` are used.
-    ``callback`` is called once, after the last model call.
+    Finished samples leave the solver's active set; the tensors of
+    ``extra_args`` ride along as ``solve_adaptive``'s ``args``
+    (:func:`sdekit.conditioning.flatten_model_kwargs`), so the model always
+    gets the conditioning of the rows it evaluates.  ``callback`` is called
+    once, after the last model call; its ``"denoised"`` is ``D(x, σ_min)`` of
+    the whole batch when ``sigmas`` ends in 0 and ``None`` otherwise.
 
     Args:
-        rtol, atol: RK45 tolerances (sdekit's and score_sde's default 1e-5).
+        rtol, atol: RK45 tolerances (sdekit's and score_sde's default 1e-5; ``atol`` in units of ``x``).
         max_steps: step attempts allowed per sample.
-        return_info: also return ``{"nfe": (B,), "steps": (B,)}`` (per-sample counts).
+        return_info: also return ``{"nfe": (B,), "steps": (B,)}`` (per-sample int64 counts).
         Others: as :func:`sample_euler` (``disable`` is accepted and unused: no bar).
     Returns:
         ``x`` ``(B, *D)``, or ``(x, info)`` with ``return_info``.
     Raises:
         ToleranceNotMetError: if a sample needs more than ``max_steps`` attempts.
-        ValueError / TypeError: as :func:`sample_euler`, and on bad tolerances.
+        ValueError / TypeError: as :func:`sample_euler`, and on bad tolerances or non-finite ``x``.
     """
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     check_positive_int("max_steps", max_steps)
     check_finite("x", x)
-    sde, denoiser, score, flow, values = _setup(model, x, sigmas, extra_args)
-    positive = [v for v in values if v > 0]
-    sigma_min = sigmas[len(positive) - 1]
-    sol = solve_adaptive(lambda t, y: flow.drift(y, t), x, sigmas[0].to(x.dtype), sigma_min.to(x.dtype),
-                         rtol=rtol, atol=atol, max_steps=max_steps)
-    x, nfe = sol.y, sol.nfe
+    denoiser, _, flow, values, kw = setup(model, x, sigmas, extra_args)
+    leaves, rebuild = flatten_model_kwargs(kw)
+
+    def func(t, y, *cond):  # cond: the tensors of extra_args, gathered to the active rows
+        return flow.drift(y, t, **rebuild(cond))
+
+    sigma_min = sigmas[sum(v > 0 for v in values) - 1]
+    sol = solve_adaptive(func, x, sigmas[0].to(x.dtype), sigma_min.to(x.dtype), rtol=rtol, atol=atol,
+                         max_steps=max_steps, args=leaves)
+    x, nfe, denoised = sol.y, sol.nfe, None
     if values[-1] == 0:  # Euler step from σ_min to 0: x + (0 − σ) (x − D)/σ = D
         s_min = sigma_min * x.new_ones([x.shape[0]])
-        x = x - flow.drift(x, s_min) * expand_as_batch(s_min, x)
-        nfe = nfe + 1
-    if callback is not None:
-        callback({"x": x, "i": len(values) - 2, "sigma": sigma_min, "sigma_hat": sigma_min, "denoised": denoiser.last})
+        x = x - flow.drift(x, s_min, **kw) * expand_as_batch(s_min, x)
+        nfe, denoised = nfe + 1, denoiser.last
+    report(callback, x, len(values) - 2, sigma_min, sigma_min, denoised)
     if return_info:
         return x, {"nfe": nfe, "steps": sol.steps}
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """DPM-Solver++(2M): the second-order multistep exponential integrator of the probability flow.
+
+    Source: Lu et al. 2022b ("DPM-Solver++"), Algorithm 2, as in k-diffusion's
+    ``sample_dpmpp_2m``.  On :class:`~sdekit.EDMSDE` (``α = 1``, ``λ = −log σ``)
+    the data prediction ``x̂_0`` is the denoiser's output ``D`` itself, and the
+    step from ``σ_i`` to ``σ_{i+1} > 0`` is
+    ``x ← (σ_{i+1}/σ_i) x + (1 − σ_{i+1}/σ_i) D_i`` with
+    ``D_i = (1 + 1/(2 r_i)) D(x_i, σ_i) − 1/(2 r_i) D(x_{i−1}, σ_{i−1})``,
+    ``r_i = h_{i−1}/h_i``, ``h_i = λ_{i+1} − λ_i`` (``D_0 = D(x_0, σ_0)``); the
+    coefficients come from :func:`sdekit.sampling.dpm_solver.dpmpp_2m_coefficients`
+    (float64).  A step to ``σ = 0`` (``λ = ∞``) is the exact first-order one,
+    ``x ← D(x, σ_i)``, as in k-diffusion.  One model call per step.
+
+    Args:
+        model, x, sigmas, extra_args, disable: as :func:`sample_euler`.
+        callback: called after each model call with ``{"x", "i", "sigma", "sigma_hat", "denoised"}``
+            (``x`` the state before step ``i``, ``denoised`` ``D(x, σ_i)``).
+    Returns:
+        ``(B, *D)`` the sample at ``sigmas[-1]``.
+    Raises:
+        ValueError / TypeError: as :func:`sample_euler` (no noise arguments).
+    """
+    denoiser, _, _, values, kw = setup(model, x, sigmas, extra_args)
+    grid = torch.tensor([v for v in values if v > 0], dtype=torch.float64)
+    co = dpmpp_2m_coefficients(SDE, grid)
+    ones = x.new_ones([x.shape[0]])
+    x0_prev = None
+    for i in trange(len(values) - 1, disable=disable):
+        x0 = check_model_output("denoiser", denoiser(x, sigmas[i] * ones, **kw), x)
+        report(callback, x, i, sigmas[i], sigmas[i], x0)
+        if values[i + 1] == 0:  # σ_{i+1}/σ_i = 0 and 1 − e^{−h} = 1: the last step returns D
+            x = x0
+        else:
+            r = co["r"][i]
+            d = x0 if r is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+            x = co["ratio"][i] * x + co["phi"][i] * d
+        x0_prev = x0
     return x

@@ -52,6 +52,10 @@ class EDMSDE(AbstractLinearSDE):
     def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
         return self.sigma_max * torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
+    def prior_from_normal(self, z):
+        """Prior samples ``σ_max z`` from standard normals ``z`` ``(B, *D)`` (keyed, batch-invariant priors)."""
+        return self.sigma_max * z
+
     def prior_log_prob(self, z):
         return gaussian_log_prob(z, 0.0, self.sigma_max)
 
