@@ -5,6 +5,8 @@
 * Results depend only on the configuration, not on the batch size, the
   number of ranks or interruptions (noise keyed by sample index; see
   :mod:`sdekit.jobs.sample_job` for the batch-invariance requirement on the model).
+* Per-sample conditioning by global sample index (``cond=``, ``--cond``):
+  :mod:`sdekit.jobs.conditioning`.
 * Layout, resume and checksums: :mod:`sdekit.jobs.runner`; faults: :mod:`sdekit.jobs.fault_policy`.
 """
 
@@ -14,4 +16,4 @@ from .likelihood_job import run_likelihood_job
 from .runner import JobResult
 from .sample_job import run_sample_job
 
-__all__ = ["run_sample_job", "run_likelihood_job", "JobResult", "ConfigMismatchError", "NonFiniteError", "Fault"]
+__all__ = ["ConfigMismatchError", "Fault", "JobResult", "NonFiniteError", "run_likelihood_job", "run_sample_job"]

@@ -7,6 +7,16 @@ Example (2 processes on one machine, gloo on the CPU)::
         --num-samples 1000 --shard-size 100 --seed 0 --method ode
 
 Run the same command again to resume; the summary is printed by rank 0 as JSON.
+
+Per-sample conditioning by sample index (:mod:`sdekit.jobs.conditioning`),
+e.g. class labels ``i mod 10`` for a class-conditional model::
+
+    python -m sdekit.jobs sample out/ --model my_pkg.models:unet --shape 3,32,32 \
+        --num-samples 50000 --shard-size 1000 --seed 0 \
+        --cond sdekit.jobs.conditioning:class_labels --cond-kwargs '{"num_classes": 10}'
+
+``--model-kwargs`` are the arguments of the model *factory*; the model's
+per-sample keyword arguments come from ``--cond`` / ``--cond-kwargs``.
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="output directory (created; reused to resume)")
     p.add_argument("--model", required=True, help="score-model factory, 'package.module:function'")
     p.add_argument("--model-kwargs", type=_json, default={}, help="JSON object of factory arguments")
+    p.add_argument("--cond", default=None,
+                   help="conditioning factory 'package.module:function': its result maps the global sample "
+                        "indices of a batch to the model's keyword arguments (default: unconditional)")
+    p.add_argument("--cond-kwargs", type=_json, default=None, help="JSON object of conditioning factory arguments")
     p.add_argument("--sde", default="VPSDE", help="SDE class of sdekit.sdes (default VPSDE)")
     p.add_argument("--sde-kwargs", type=_json, default={}, help="JSON object of SDE arguments")
     p.add_argument("--shard-size", type=int, required=True, help="samples per shard")

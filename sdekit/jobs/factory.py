@@ -1,7 +1,8 @@
 """Build a job's score model or data from an import path ``"package.module:factory"`` and JSON kwargs.
 
 Every rank (and every resumed run) builds the same object from what the
-manifest records, so the model is identified by its factory, not by a
+manifest records, so the model (and the data, and the conditioning of
+:mod:`sdekit.jobs.conditioning`) is identified by its factory, not by a
 pickled object.
 """
 
@@ -15,14 +16,19 @@ from .config import check_json_value
 def check_spec(name: str, path: str, kwargs) -> dict:
     """Validate a factory spec and return it as ``{"factory": path, "kwargs": kwargs}``.
 
+    Args:
+        name: the spec's name in messages (``"model"``, ``"data"``, ``"cond"``).
+        path: import path ``"package.module:factory"``.
+        kwargs: JSON object of keyword arguments for the factory, or ``None`` (none).
     Raises:
-        ValueError: if ``path`` is not ``"package.module:attribute"`` or ``kwargs`` is not a JSON object.
+        ValueError: if ``path`` is not ``"package.module:attribute"`` or ``kwargs`` is not JSON data.
+        TypeError: if ``kwargs`` is not a dict.
     """
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
         raise ValueError(f"{name} must be an import path 'package.module:factory', got {path!r}")
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
-        raise ValueError(f"{name}_kwargs must be a JSON object (dict), got {kwargs!r}")
+        raise TypeError(f"{name}_kwargs must be a JSON object (dict), got {kwargs!r}")
     return {"factory": path, "kwargs": check_json_value(f"{name}_kwargs", kwargs)}
 
 
@@ -49,13 +55,18 @@ SDE_NAMES = ("VPSDE", "SubVPSDE", "VESDE", "OrnsteinUhlenbeck", "DiscreteVPSDE",
 
 
 def check_sde_spec(name: str, kwargs) -> dict:
-    """Validate an SDE spec ``{"name": one of SDE_NAMES, "kwargs": JSON object}``."""
+    """Validate an SDE spec ``{"name": one of SDE_NAMES, "kwargs": JSON object}``.
+
+    Raises:
+        ValueError: if ``name`` is not one of :data:`SDE_NAMES` or ``kwargs`` is not JSON data.
+        TypeError: if ``kwargs`` is not a dict.
+    """
     from .._checks import check_choice
 
     check_choice("sde", name, SDE_NAMES)
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
-        raise ValueError(f"sde_kwargs must be a JSON object (dict), got {kwargs!r}")
+        raise TypeError(f"sde_kwargs must be a JSON object (dict), got {kwargs!r}")
     return {"name": name, "kwargs": check_json_value("sde_kwargs", kwargs)}
 
 

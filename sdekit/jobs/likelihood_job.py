@@ -1,10 +1,12 @@
 """Sharded, resumable log-likelihood / bits-per-dim over a data set: :func:`run_likelihood_job`.
 
 Row ``i`` of the data is scored by ``sdekit.log_likelihood(..., seed=seed,
-sample_index=[i])``: its Hutchinson probes are keyed by ``(seed, i)``, and
-the adaptive ODE controls each row's steps on its own, so the numbers do not
-depend on the batch size or number of ranks (given a batch-invariant score
-model, see :mod:`sdekit.jobs.sample_job`).  Ranks never exchange anything
+sample_index=[i])`` (with ``model_kwargs=conditioner([i])`` in a job with
+conditioning, :mod:`sdekit.jobs.conditioning`: the pair of data row ``i`` and
+the condition of index ``i``): its Hutchinson probes are keyed by ``(seed, i)``,
+and the adaptive ODE controls each row's steps on its own, so the numbers do
+not depend on the batch size or number of ranks (given a batch-invariant
+score model, see :mod:`sdekit.jobs.sample_job`).  Ranks never exchange anything
 while integrating (k-diffusion's DDP likelihood hangs when ranks take
 different NFE); the summary is computed once, by rank 0, from the shards.
 """
@@ -19,6 +21,7 @@ from .._checks import check_choice, check_positive_int
 from ..faults import NonFiniteMonitor
 from ..likelihood.bits import bits_per_dim
 from ..likelihood.log_likelihood import log_likelihood
+from .conditioning import build_conditioning, check_cond_spec
 from .config import environment
 from .distributed import join
 from .factory import build, build_sde, check_sde_spec, check_spec
@@ -31,8 +34,10 @@ from .split import batches
 def likelihood_config(*, model, model_kwargs=None, data, data_kwargs=None, num_samples, sde="VPSDE",
                       sde_kwargs=None, shard_size, seed, trace="hutchinson", probes=1, noise="rademacher",
                       rtol=1e-5, atol=1e-5, eps=1e-5, max_steps=10_000, levels=None, data_range=None,
-                      dtype="float32", device="cpu", on_nonfinite="raise") -> dict:
+                      dtype="float32", device="cpu", on_nonfinite="raise", cond=None, cond_kwargs=None) -> dict:
     """The checked configuration of a likelihood job (arguments as in :func:`run_likelihood_job`).
+
+    ``"cond"`` is a key only of a job with conditioning (see :func:`~sdekit.jobs.sample_job.sample_config`).
 
     Raises:
         ValueError / TypeError: naming the bad argument.
@@ -50,13 +55,17 @@ def likelihood_config(*, model, model_kwargs=None, data, data_kwargs=None, num_s
         data_range = [float(v) for v in data_range]
         if len(data_range) != 2 or not data_range[1] > data_range[0]:
             raise ValueError(f"data_range must be [lo, hi] with hi > lo, got {data_range}")
-    return {"model": check_spec("model", model, model_kwargs), "data": check_spec("data", data, data_kwargs),
-            "num_samples": check_positive_int("num_samples", num_samples),
-            "sde": check_sde_spec(sde, sde_kwargs), "shard_size": check_positive_int("shard_size", shard_size),
-            "seed": seed, "trace": trace, "probes": check_positive_int("probes", probes), "noise": noise,
-            "rtol": float(rtol), "atol": float(atol), "eps": float(eps),
-            "max_steps": check_positive_int("max_steps", max_steps), "levels": levels, "data_range": data_range,
-            "dtype": dtype, "device_type": device, "on_nonfinite": check_policy(on_nonfinite), **environment()}
+    cond_spec = check_cond_spec(cond, cond_kwargs)
+    config = {"model": check_spec("model", model, model_kwargs), "data": check_spec("data", data, data_kwargs),
+              "num_samples": check_positive_int("num_samples", num_samples),
+              "sde": check_sde_spec(sde, sde_kwargs), "shard_size": check_positive_int("shard_size", shard_size),
+              "seed": seed, "trace": trace, "probes": check_positive_int("probes", probes), "noise": noise,
+              "rtol": float(rtol), "atol": float(atol), "eps": float(eps),
+              "max_steps": check_positive_int("max_steps", max_steps), "levels": levels, "data_range": data_range,
+              "dtype": dtype, "device_type": device, "on_nonfinite": check_policy(on_nonfinite), **environment()}
+    if cond_spec is not None:
+        config["cond"] = cond_spec
+    return config
 
 
 def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None = None, **config_args):
@@ -81,11 +90,18 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
             in :func:`sdekit.log_likelihood`; seed keys the probes.
         levels, data_range: for bits/dim (:func:`sdekit.bits_per_dim`), or ``None``.
         dtype, device, on_nonfinite: as in :func:`~sdekit.jobs.run_sample_job`.
+        cond, cond_kwargs: conditioning factory and its arguments, as in
+            :func:`~sdekit.jobs.run_sample_job`: row ``i`` is scored with
+            ``model_kwargs=conditioner([i])``, so ``log_prob[i]`` is
+            ``log p(x_i | c_i)`` for the pair (data row ``i``, condition of index ``i``).
     Returns:
         :class:`~sdekit.jobs.runner.JobResult`.
     Raises:
         ValueError / TypeError: on a bad argument (named) or data of the wrong kind.
-        ConfigMismatchError: if ``out_dir`` holds a job with another configuration.
+        ConfigMismatchError: if ``out_dir`` holds a job with another configuration
+            (``cond`` and ``cond_kwargs`` included).
+        TypeError / ValueError: naming the conditioning factory, if it returns no
+            callable, or a conditioner's output is not a mapping of ``(b, …)`` tensors.
         NonFiniteError: under ``on_nonfinite="raise"``, with row index, evaluation and ``t``.
     """
     batch_size = check_positive_int("batch_size", batch_size)
@@ -101,22 +117,27 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
     config["data_shape"] = list(data.shape[1:])
     ctx = join(device)
     score, sde = build("model", config["model"]), build_sde(config["sde"])
+    cond = build_conditioning(config.get("cond"), ctx.device)
     data = data.to(device=ctx.device, dtype=DTYPES[config["dtype"]])
-    compute = _shard_computer(config, score, sde, data, batch_size, ctx.device)
+    compute = _shard_computer(config, score, sde, cond, data, batch_size, ctx.device)
     spec = JobSpec("loglik", config, n, config["shard_size"], "log_likelihood.pt", compute,
                    lambda merged, faults: _summarize(merged, faults, config))
     return run_job(out_dir, spec, ctx)
 
 
-def _shard_computer(config: dict, score, sde, data, batch_size: int, device):
+def _shard_computer(config: dict, score, sde, cond, data, batch_size: int, device):
     kw = {k: config[k] for k in ("trace", "probes", "noise", "rtol", "atol", "eps", "max_steps", "seed")}
 
     def compute(start: int, stop: int):
-        out, faults = {"sample_index": [], "log_prob": [], "stderr": [], "prior_log_prob": [], "nfe": []}, []
+        keys = ("sample_index", "log_prob", "stderr", "prior_log_prob", "nfe")
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+        faults: list[dict] = []
         for lo, hi in batches(start, stop, batch_size):
             idx = torch.arange(lo, hi, dtype=torch.int64, device=device)
             monitor = NonFiniteMonitor(idx)
-            res = log_likelihood(score, sde, data[lo:hi], sample_index=idx, monitor=monitor, **kw)
+            model_kwargs = None if cond is None else cond(idx)
+            res = log_likelihood(score, sde, data[lo:hi], sample_index=idx, monitor=monitor,
+                                 model_kwargs=model_kwargs, **kw)
             faults += apply_policy(monitor, config["on_nonfinite"], "the likelihood ODE")
             for key, v in (("sample_index", idx), ("log_prob", res.log_prob), ("stderr", res.stderr),
                            ("prior_log_prob", res.prior_log_prob), ("nfe", res.nfe)):

@@ -1,7 +1,8 @@
 """Sharded, resumable sampling: :func:`run_sample_job`.
 
 Sample ``i`` of the job is ``sdekit.sample(..., seed=seed, sample_index=[i])``
-whatever shard, batch or rank computes it: every random draw is keyed by
+(with ``model_kwargs=conditioner([i])`` in a job with conditioning,
+:mod:`sdekit.jobs.conditioning`) whatever shard, batch or rank computes it: every random draw is keyed by
 ``(seed, i)`` (:mod:`sdekit.noise`) and the adaptive ODE solver controls each
 sample's steps on its own.  Bitwise equality across batch sizes and numbers
 of ranks needs a batch-invariant score model on the device used: a model
@@ -19,6 +20,7 @@ import torch
 from .._checks import check_choice, check_positive_int
 from ..faults import NonFiniteMonitor
 from ..sampling.sample import METHODS, sample
+from .conditioning import build_conditioning, check_cond_spec
 from .config import environment
 from .distributed import join
 from .factory import build, build_sde, check_sde_spec, check_spec
@@ -32,8 +34,11 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def sample_config(*, model, model_kwargs=None, sde="VPSDE", sde_kwargs=None, shape, num_samples, shard_size,
                   seed, method="euler_maruyama", steps=1000, corrector=None, snr=0.16, corrector_steps=1,
                   eps=None, denoise=True, rtol=1e-5, atol=1e-5, max_steps=10_000, dtype="float32",
-                  device="cpu", on_nonfinite="raise") -> dict:
+                  device="cpu", on_nonfinite="raise", cond=None, cond_kwargs=None) -> dict:
     """The checked configuration of a sampling job (arguments as in :func:`run_sample_job`).
+
+    A job with conditioning has the key ``"cond"`` (``{"factory", "kwargs"}``);
+    one without has none (its hash is unchanged by the conditioning feature).
 
     Raises:
         ValueError / TypeError: naming the bad argument.
@@ -46,14 +51,18 @@ def sample_config(*, model, model_kwargs=None, sde="VPSDE", sde_kwargs=None, sha
         raise ValueError("shape must be the per-sample shape D (at least one entry), got []")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    return {"model": check_spec("model", model, model_kwargs), "sde": check_sde_spec(sde, sde_kwargs),
-            "shape": shape, "num_samples": check_positive_int("num_samples", num_samples),
-            "shard_size": check_positive_int("shard_size", shard_size), "seed": seed, "method": method,
-            "steps": check_positive_int("steps", steps), "corrector": corrector, "snr": float(snr),
-            "corrector_steps": check_positive_int("corrector_steps", corrector_steps),
-            "eps": None if eps is None else float(eps), "denoise": bool(denoise), "rtol": float(rtol),
-            "atol": float(atol), "max_steps": check_positive_int("max_steps", max_steps), "dtype": dtype,
-            "device_type": device, "on_nonfinite": check_policy(on_nonfinite), **environment()}
+    cond_spec = check_cond_spec(cond, cond_kwargs)
+    config = {"model": check_spec("model", model, model_kwargs), "sde": check_sde_spec(sde, sde_kwargs),
+              "shape": shape, "num_samples": check_positive_int("num_samples", num_samples),
+              "shard_size": check_positive_int("shard_size", shard_size), "seed": seed, "method": method,
+              "steps": check_positive_int("steps", steps), "corrector": corrector, "snr": float(snr),
+              "corrector_steps": check_positive_int("corrector_steps", corrector_steps),
+              "eps": None if eps is None else float(eps), "denoise": bool(denoise), "rtol": float(rtol),
+              "atol": float(atol), "max_steps": check_positive_int("max_steps", max_steps), "dtype": dtype,
+              "device_type": device, "on_nonfinite": check_policy(on_nonfinite), **environment()}
+    if cond_spec is not None:
+        config["cond"] = cond_spec
+    return config
 
 
 def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
@@ -69,8 +78,10 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
         batch_size: samples per :func:`sdekit.sample` call (not part of the
             configuration: results do not depend on it).
         model: import path ``"package.module:factory"``; ``factory(**model_kwargs)``
-            returns the score model ``score(x, t)`` (``(B, *shape)``, ``(B,)`` → ``(B, *shape)``).
-        model_kwargs: JSON object of keyword arguments for the factory.
+            returns the score model ``score(x, t)`` (``(B, *shape)``, ``(B,)`` → ``(B, *shape)``),
+            called ``score(x, t, **conditioner(sample_index))`` in a job with ``cond``.
+        model_kwargs: JSON object of keyword arguments for the factory (not the
+            model's per-sample conditioning: that is ``cond``).
         sde, sde_kwargs: name of an SDE class of :mod:`sdekit.sdes` and its arguments.
         shape: per-sample shape ``D`` (list of ints).
         num_samples, shard_size: sample indices ``[0, num_samples)``, ``shard_size`` per shard.
@@ -79,12 +90,23 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
             atol, max_steps: as in :func:`sdekit.sample`.
         dtype: ``"float32"`` or ``"float64"``; device: ``"cpu"`` or ``"cuda"``.
         on_nonfinite: ``"raise"`` or ``"mark"`` (:mod:`sdekit.jobs.fault_policy`).
+        cond: ``None`` (unconditional) or a conditioning factory
+            ``"package.module:factory"``: ``factory(**cond_kwargs)`` returns
+            ``conditioner(sample_index)``, which maps the ``(b,)`` int64 global
+            indices of a batch to the model's keyword arguments (tensors
+            ``(b, …)``); sample ``i`` is then ``sdekit.sample(...,
+            sample_index=[i], model_kwargs=conditioner([i]))``
+            (:mod:`sdekit.jobs.conditioning`).
+        cond_kwargs: JSON object of keyword arguments for the conditioning factory.
     Returns:
         :class:`~sdekit.jobs.runner.JobResult`; its ``summary`` (rank 0) has
         ``num_samples``, ``excluded`` (faulted samples) and ``mean_nfe`` over the others.
     Raises:
         ValueError / TypeError: on a bad argument (named).
-        ConfigMismatchError: if ``out_dir`` holds a job with another configuration.
+        ConfigMismatchError: if ``out_dir`` holds a job with another configuration
+            (also another ``cond`` or ``cond_kwargs``, or one with and one without).
+        TypeError / ValueError: naming the conditioning factory, if it returns no
+            callable, or a conditioner's output is not a mapping of ``(b, …)`` tensors.
         NonFiniteError: under ``on_nonfinite="raise"``, with sample index, step and ``t``.
         ToleranceNotMetError: if RK45 exceeds ``max_steps`` (``method="ode"``).
     """
@@ -92,25 +114,28 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
     batch_size = check_positive_int("batch_size", batch_size)
     ctx = join(config["device_type"])
     score, sde = build("model", config["model"]), build_sde(config["sde"])
-    compute = _shard_computer(config, score, sde, batch_size, ctx.device)
+    cond = build_conditioning(config.get("cond"), ctx.device)
+    compute = _shard_computer(config, score, sde, cond, batch_size, ctx.device)
     spec = JobSpec("sample", config, config["num_samples"], config["shard_size"], "samples.pt", compute,
                    _summarize)
     return run_job(out_dir, spec, ctx)
 
 
-def _shard_computer(config: dict, score, sde, batch_size: int, device):
+def _shard_computer(config: dict, score, sde, cond, batch_size: int, device):
     kw = {k: config[k] for k in ("method", "steps", "corrector", "snr", "corrector_steps", "eps", "denoise",
                                  "rtol", "atol", "max_steps", "seed")}
     shape, dtype = tuple(config["shape"]), DTYPES[config["dtype"]]
 
     def compute(start: int, stop: int):
-        out, faults = {"sample_index": [], "x": [], "nfe": [], "steps": []}, []
+        out: dict[str, list[torch.Tensor]] = {"sample_index": [], "x": [], "nfe": [], "steps": []}
+        faults: list[dict] = []
         for lo, hi in batches(start, stop, batch_size):
             idx = torch.arange(lo, hi, dtype=torch.int64, device=device)
             monitor = NonFiniteMonitor(idx)
+            model_kwargs = None if cond is None else cond(idx)
             with torch.no_grad():
                 res = sample(score, sde, (hi - lo,) + shape, sample_index=idx, monitor=monitor, device=device,
-                             dtype=dtype, **kw)
+                             dtype=dtype, model_kwargs=model_kwargs, **kw)
             faults += apply_policy(monitor, config["on_nonfinite"], "sampling")
             for key, v in (("sample_index", idx), ("x", res.x), ("nfe", res.nfe), ("steps", res.steps)):
                 out[key].append(v.cpu())
