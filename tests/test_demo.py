@@ -10,9 +10,23 @@ from scipy import stats
 import sdekit
 from sdekit.demo import digits
 from sdekit.demo.baseline import GaussianBaseline
-from sdekit.demo.data import (DATA_RANGE, LEVELS, dequantized_moments, load_digit_splits, load_labelled_splits,
-                               to_levels, to_pixels)
-from sdekit.demo.guided import classify, train_digit_classifier
+from sdekit.demo.data import (
+    DATA_RANGE,
+    LEVELS,
+    dequantized_moments,
+    load_digit_splits,
+    load_labelled_splits,
+    to_levels,
+    to_pixels,
+)
+from sdekit.demo.guided import (
+    classify,
+    conditional_log_likelihood,
+    evaluate_guidance,
+    interleaved_labels,
+    sample_classes,
+    train_digit_classifier,
+)
 from sdekit.demo.train import TrainConfig, build_network, sample_times
 
 TINY = ["--train-steps", "15", "--batch-size", "32", "--width", "32", "--depth", "1", "--steps", "5",
@@ -23,6 +37,8 @@ EXPECTED_ROWS = [
     "Probability-flow ODE sampler (RK45)",
     "Score model likelihood (PF ODE, Hutchinson)",
     "Gaussian baseline (full covariance, MLE)",
+    "Class-conditional likelihood, true labels (CFG γ = 1)",
+    "Class-conditional network, null label",
 ]
 
 
@@ -53,8 +69,18 @@ def test_tiny_run_writes_outputs(tiny_run):
     assert all(r.bpd is None and r.nfe >= 1 for r in sampling)
     assert sampling[0].nfe == 5 * 2 + 1  # predictor + one corrector step per step, + denoising
     for r in likelihood:
-        assert math.isfinite(r.bpd) and 0.0 < r.bpd < 10.0
+        assert math.isfinite(r.bpd) and 0.0 < r.bpd < 10.0 and math.isfinite(r.bpd_stderr)
     assert likelihood[0].nfe > 0 and likelihood[1].nfe is None
+    assert likelihood[2].nfe > 0 and likelihood[3].nfe > 0  # conditional: true labels, null label
+    gain = result["conditional_gain"]
+    assert all(math.isfinite(v) for pair in gain.values() for v in pair)
+    assert gain["vs_null_label"][0] == pytest.approx(likelihood[3].bpd - likelihood[2].bpd, abs=1e-9)
+    assert gain["vs_unconditional"][0] == pytest.approx(likelihood[0].bpd - likelihood[2].bpd, abs=1e-9)
+    assert "Class-conditional gain" in md
+    # The guided digits: one ODE batch per scale holding every class, ten samples each.
+    assert torch.equal(guided.batch_labels, torch.arange(100) % 10)
+    assert guided.nfe.shape == (2,) and (guided.nfe > 0).all()
+    assert "one probability-flow ODE batch of 100 holding all 10 classes" in md
 
 
 def test_second_run_loads_cache_and_reproduces(tiny_run):
@@ -147,8 +173,8 @@ def test_likelihood_time_sampling_follows_its_density():
     sde, eps = sdekit.VPSDE(), 1e-5
     t = sample_times(4000, sde, eps, "likelihood", generator=torch.Generator().manual_seed(0)).double()
     assert float(t.min()) >= eps and float(t.max()) <= sde.T
-    F = lambda u: np.log(np.expm1(sde.integrated_beta(torch.as_tensor(u, dtype=torch.float64)).numpy()))  # noqa: E731
-    cdf = lambda u: (F(u) - F(eps)) / (F(sde.T) - F(eps))  # noqa: E731
+    F = lambda u: np.log(np.expm1(sde.integrated_beta(torch.as_tensor(u, dtype=torch.float64)).numpy()))
+    cdf = lambda u: (F(u) - F(eps)) / (F(sde.T) - F(eps))
     assert stats.kstest(t.numpy(), cdf).pvalue > 1e-3
     # and it is not the uniform distribution
     assert stats.kstest(t.numpy(), stats.uniform(eps, sde.T - eps).cdf).pvalue < 1e-6
@@ -170,7 +196,7 @@ def test_digit_classifier_is_accurate_on_real_test_digits():
 def test_untrained_conditional_network_ignores_the_label():
     """Zero-initialised output layer: every label gives the same (Gaussian) ε̂, so guidance starts as a no-op;
     with weights the labels matter."""
-    levels, labels, _, _ = load_labelled_splits(seed=0)
+    levels, _, _, _ = load_labelled_splits(seed=0)
     sde = sdekit.VPSDE()
     net = build_network(TrainConfig(width=16, depth=1, num_classes=10, label_dropout=0.1), sde, levels)
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
@@ -184,3 +210,59 @@ def test_untrained_conditional_network_ignores_the_label():
         net(x, t, torch.zeros(4))
     with pytest.raises(ValueError, match="label_dropout"):
         TrainConfig(label_dropout=0.1)  # no classes
+
+
+@pytest.fixture(scope="module")
+def label_sensitive_net():
+    """A small conditional network whose output depends on the label (random output layer), and the test split."""
+    levels, labels, test, test_labels = load_labelled_splits(seed=0)
+    net = build_network(TrainConfig(width=16, depth=1, num_classes=10, label_dropout=0.1), sdekit.VPSDE(), levels)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.nn.init.normal_(net.out.weight, std=0.1)
+        torch.nn.init.normal_(net.label_embed.weight, std=1.0)
+    return net.eval(), (levels, labels, test, test_labels)
+
+
+def test_one_ode_batch_of_all_classes_matches_sampling_each_class(label_sensitive_net):
+    """Per-sample labels on the adaptive ODE follow their rows: sample b of a mixed batch (label b mod 10) is the
+    sample with the same prior draw (same seed and sample index) from a batch of its class alone."""
+    net, (levels, labels, test, test_labels) = label_sensitive_net
+    sde, tol = sdekit.VPSDE(), {"rtol": 1e-4, "atol": 1e-4}
+    y = interleaved_labels(10, 3)
+    mixed = sample_classes(net, sde, y, 2.0, seed=7, **tol)
+    assert mixed.x.shape == (30, 64) and len(set(mixed.nfe.tolist())) > 1  # per-sample step control
+    for c in range(10):
+        rows = torch.nonzero(y == c).flatten()
+        alone = sample_classes(net, sde, y[rows], 2.0, seed=7, sample_index=rows, **tol)
+        torch.testing.assert_close(alone.x, mixed.x[rows], rtol=1e-4, atol=1e-4)
+    # the labels matter: the same draws with every label shifted by one give other digits
+    shifted = sample_classes(net, sde, (y + 1) % 10, 2.0, seed=7, **tol)
+    assert (shifted.x - mixed.x).abs().amax(1).min() > 1e-2
+    # evaluate_guidance files sample b = j·10 + c as samples[i, c, j]
+    clf = train_digit_classifier(levels, labels)
+    result = evaluate_guidance(net, sde, clf, test, test_labels, [2.0], 3, seed=11, device="cpu", **tol)
+    again = sample_classes(net, sde, y, 2.0, generator=torch.Generator().manual_seed(11), **tol)
+    torch.testing.assert_close(result.samples[0], again.x.reshape(3, 10, 64).transpose(0, 1))
+    assert result.nfe[0] == again.nfe.double().mean().item()
+
+
+def test_conditional_likelihood_is_the_conditional_model_with_labels_per_row(label_sensitive_net):
+    """log p(x | y) through CFG at γ = 1 with labels in model_kwargs equals the network called with y directly;
+    on the adaptive likelihood ODE each row keeps its own label (mixed batch = per-class batches)."""
+    net, (_, _, test, test_labels) = label_sensitive_net
+    sde = sdekit.VPSDE()
+    rows = torch.arange(0, 360, 30)  # 12 test digits of mixed classes
+    x = sdekit.dequantize(test[rows], LEVELS, DATA_RANGE, generator=torch.Generator().manual_seed(0))
+    y = test_labels[rows]
+    assert len(set(y.tolist())) > 5
+    opts = {"rtol": 1e-4, "atol": 1e-4, "seed": 3}
+    cond = conditional_log_likelihood(net, sde, x, y, **opts)
+    direct = sdekit.log_likelihood(sdekit.score_from_epsilon(net, sde), sde, x, model_kwargs={"y": y}, **opts)
+    torch.testing.assert_close(cond.log_prob, direct.log_prob, rtol=1e-5, atol=1e-4)
+    for c in y.unique():
+        idx = torch.nonzero(y == c).flatten()
+        alone = conditional_log_likelihood(net, sde, x[idx], y[idx], sample_index=idx, **opts)
+        torch.testing.assert_close(alone.log_prob, cond.log_prob[idx], rtol=1e-5, atol=1e-3)
+    null = conditional_log_likelihood(net, sde, x, None, **opts)
+    assert torch.isfinite(null.log_prob).all() and (null.log_prob - cond.log_prob).abs().min() > 1e-2

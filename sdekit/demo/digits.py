@@ -12,14 +12,20 @@
 4. Computes held-out bits/dim with the probability-flow likelihood, and for a
    full-covariance Gaussian fitted to the dequantised training split, on the
    same dequantised test points.
-5. Prints a table (method, NFE per sample, wall time, bits/dim) and writes it
+5. Trains (or loads) one class-conditional network with 10% label dropout to
+   a null label, and computes its held-out bits/dim on the same test points
+   given each image's true label (classifier-free guidance at γ = 1, the
+   labels as per-sample ``model_kwargs`` of :func:`sdekit.log_likelihood`) and
+   given the null label, with the paired difference of the two.
+6. Prints a table (method, NFE per sample, wall time, bits/dim) and writes it
    to ``results.md`` in the output folder.
-6. Class-conditional digits: trains (or loads) one class-conditional network
-   with 10% label dropout to a null label, samples every class with
-   classifier-free guidance at each ``--guidance-scales`` γ (probability-flow
-   ODE), writes a PNG grid per γ (one row per class), and prints and writes
-   (``guidance.md``, and in ``results.md``) the per-class accuracy of the
-   samples under a logistic regression trained on the real training digits.
+7. Class-conditional digits: at each ``--guidance-scales`` γ, samples one
+   probability-flow ODE batch (adaptive RK45) holding every class (sample
+   ``b`` has label ``b mod 10``, per-sample ``model_kwargs``) with
+   classifier-free guidance, writes a PNG grid per γ (one row per class), and
+   prints and writes (``guidance.md``, and in ``results.md``) the per-class
+   accuracy of the samples under a logistic regression trained on the real
+   training digits.
 
 Every random draw is seeded from ``--seed``; the same seed on the same
 machine gives the same numbers.
@@ -40,7 +46,7 @@ import sdekit
 from .baseline import GaussianBaseline
 from .checkpoint import load_or_train
 from .data import DATA_RANGE, DIM, LEVELS, load_labelled_splits, to_pixels
-from .guided import evaluate_guidance, train_digit_classifier
+from .guided import conditional_log_likelihood, evaluate_guidance, train_digit_classifier
 from .plots import save_digit_grid
 from .report import Row, format_accuracy_markdown, format_accuracy_text, format_markdown, format_text
 from .train import TrainConfig
@@ -143,11 +149,25 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def _bits(log_prob: torch.Tensor) -> torch.Tensor:
+    """Bits/dim of each test point, float64 ``(N,)``."""
+    return sdekit.bits_per_dim(log_prob.to(torch.float64), dim=DIM, levels=LEVELS, data_range=DATA_RANGE)
+
+
+def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """Mean over points and its standard error (NaN for one point)."""
+    stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return values.mean().item(), stderr
+
+
 def _bpd_summary(log_prob: torch.Tensor) -> tuple[float, float]:
     """Mean bits/dim over test points and its standard error over points."""
-    bpd = sdekit.bits_per_dim(log_prob.to(torch.float64), dim=DIM, levels=LEVELS, data_range=DATA_RANGE)
-    stderr = bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
-    return bpd.mean().item(), stderr
+    return _mean_stderr(_bits(log_prob))
+
+
+def _paired(worse: torch.Tensor, better: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the per-point difference ``worse − better`` (bits/dim)."""
+    return _mean_stderr((worse - better).cpu())
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -156,7 +176,10 @@ def run(args: argparse.Namespace) -> dict:
     Returns:
         dict with ``rows`` (list of :class:`.report.Row`), ``loaded_checkpoint``
         (bool), ``train_seconds``, ``checkpoint``, ``pngs`` (two paths),
-        ``results_md`` (path), and for the guided part ``guidance``
+        ``results_md`` (path), ``conditional_gain`` (``{"vs_unconditional": (mean,
+        stderr), "vs_null_label": (mean, stderr)}``: bits/dim of the unconditional
+        network, resp. of the conditional one given the null label, minus its
+        bits/dim given the true label, paired over test images), and for the guided part ``guidance``
         (:class:`.guided.GuidanceResult`), ``guidance_pngs``, ``guidance_md``,
         ``conditional_checkpoint``, ``conditional_loaded``, ``conditional_train_seconds``.
     Raises:
@@ -207,6 +230,7 @@ def run(args: argparse.Namespace) -> dict:
     ll, secs = _timed(lambda: sdekit.log_likelihood(
         score, sde, x_test, trace="hutchinson", probes=1, rtol=args.rtol, atol=args.atol, eps=1e-5,
         generator=_generator(device, args.seed + STREAM_PROBES)), device)
+    bpd_uncond = _bits(ll.log_prob)
     bpd, err = _bpd_summary(ll.log_prob)
     rows.append(Row("Score model likelihood (PF ODE, Hutchinson)", ll.nfe.double().mean().item(), secs, bpd, err))
 
@@ -219,34 +243,71 @@ def run(args: argparse.Namespace) -> dict:
     bpd, err = _bpd_summary(log_prob_gauss)
     rows.append(Row("Gaussian baseline (full covariance, MLE)", None, secs, bpd, err))
 
+    # 4) The class-conditional network as a density: log p(x | y) of the same test points given their true
+    #    labels (classifier-free guidance at γ = 1, labels as per-sample model_kwargs), and log p(x) through
+    #    its null label; same probes as the unconditional row, so the differences are paired.
+    cond = _conditional_network(args, sde, device, out, train_levels, train_labels, progress)
+    cond_rows, (bpd_true, bpd_null) = _conditional_likelihood(args, sde, device, cond.net, x_test,
+                                                              test_labels[: len(x_test)])
+    rows += cond_rows
+    gain = {"vs_unconditional": _paired(bpd_uncond, bpd_true), "vs_null_label": _paired(bpd_null, bpd_true)}
+
     source = "loaded from cache" if trained.loaded else "trained"
     head = (f"Digits: {len(train_levels)} train / {len(test_levels)} test images, VP SDE, device {device}. "
             f"Network {source} in {trained.seconds:.1f} s ({config.steps} steps; {trained.path.name}).")
+    (g_u, e_u), (g_n, e_n) = gain["vs_unconditional"], gain["vs_null_label"]
+    gain_text = (f"Class-conditional gain in bits/dim (mean ± standard error of the difference, paired over test "
+                 f"images): {g_u:.3f} ± {e_u:.3f} below the unconditional network, {g_n:.3f} ± {e_n:.3f} below "
+                 f"the same network with the null label. For exact models the gain is I(x; y)/D <= "
+                 f"log2({NUM_CLASSES})/{DIM} = {math.log2(NUM_CLASSES) / DIM:.3f}.")
     text = format_text(rows)
-    print(head, text, sep="\n\n", flush=True)
+    print(head, text, gain_text, sep="\n\n", flush=True)
 
-    # 4) Class-conditional digits with classifier-free guidance, scored by a classifier of the real digits.
-    guided = _guidance(args, sde, device, out, train_levels, train_labels, all_test_levels, all_test_labels, progress)
+    # 5) Class-conditional digits with classifier-free guidance, scored by a classifier of the real digits.
+    guided = _guidance(args, sde, device, out, cond, train_levels, train_labels, all_test_levels, all_test_labels)
 
     results_md = out / "results.md"
     results_md.write_text(
         "# sdekit digits demo\n\n" + head + "\n\n" + format_markdown(rows) + "\n\n"
         "bits/dim: mean over test images ± standard error over images; data dequantised "
         "uniformly into [-1, 1] (17 levels), converted with `sdekit.bits_per_dim`. "
-        "NFE and time of the likelihood rows are those of the likelihood computation.\n\n"
-        + guided["markdown"]
+        "NFE and time of the likelihood rows are those of the likelihood computation. "
+        "The class-conditional rows are one network (the guided part's): given each test image's true label "
+        "(`sdekit.classifier_free_guidance` at γ = 1 with the labels as per-sample `model_kwargs`; each NFE is "
+        "one forward on the doubled batch), and given the null label (its unconditional model).\n\n"
+        + gain_text + "\n\n" + guided["markdown"]
     )
     return {"rows": rows, "loaded_checkpoint": trained.loaded, "train_seconds": trained.seconds,
-            "checkpoint": trained.path, "pngs": pngs, "results_md": results_md, **guided["outputs"]}
+            "checkpoint": trained.path, "pngs": pngs, "results_md": results_md, "conditional_gain": gain,
+            "conditional_checkpoint": cond.path, "conditional_loaded": cond.loaded,
+            "conditional_train_seconds": cond.seconds, **guided["outputs"]}
 
 
-def _guidance(args, sde, device, out: Path, train_levels, train_labels, test_levels, test_labels, progress) -> dict:
-    """Train or load the conditional network, sample every class at every γ, score and report."""
+def _conditional_network(args, sde, device, out: Path, train_levels, train_labels, progress):
+    """Train or load the class-conditional network (label dropout to the null label); a ``TrainedModel``."""
     config = TrainConfig(steps=args.cond_train_steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                          depth=args.depth, time_sampling=args.time_sampling, seed=args.seed,
                          num_classes=NUM_CLASSES, label_dropout=args.label_dropout)
-    trained = load_or_train(train_levels, sde, config, out, split_seed=args.seed, device=device,
-                            use_cache=not args.no_cache, progress=progress, train_labels=train_labels)
+    return load_or_train(train_levels, sde, config, out, split_seed=args.seed, device=device,
+                         use_cache=not args.no_cache, progress=progress, train_labels=train_labels)
+
+
+def _conditional_likelihood(args, sde, device, net, x_test, labels) -> tuple[list[Row], tuple]:
+    """Rows for the held-out bits/dim of the conditional network given the true labels and given the null
+    label, and the bits/dim of each test point under both, ``(true, null)``."""
+    rows, bpds = [], []
+    for name, y in (("Class-conditional likelihood, true labels (CFG γ = 1)", labels.to(device)),
+                    ("Class-conditional network, null label", None)):
+        ll, secs = _timed(lambda y=y: conditional_log_likelihood(
+            net, sde, x_test, y, trace="hutchinson", probes=1, rtol=args.rtol, atol=args.atol, eps=1e-5,
+            generator=_generator(device, args.seed + STREAM_PROBES)), device)
+        bpds.append(_bits(ll.log_prob))
+        rows.append(Row(name, ll.nfe.double().mean().item(), secs, *_mean_stderr(bpds[-1])))
+    return rows, (bpds[0], bpds[1])
+
+
+def _guidance(args, sde, device, out: Path, trained, train_levels, train_labels, test_levels, test_labels) -> dict:
+    """Sample every class at every γ with the conditional network ``trained``, score and report."""
     classifier = train_digit_classifier(train_levels, train_labels, seed=args.seed)
     result = evaluate_guidance(trained.net, sde, classifier, test_levels, test_labels, args.guidance_scales,
                                args.n_per_class, rtol=args.rtol, atol=args.atol, seed=args.seed + STREAM_GUIDED,
@@ -257,20 +318,21 @@ def _guidance(args, sde, device, out: Path, train_levels, train_labels, test_lev
         pngs.append(save_digit_grid(to_pixels(grid), out / f"samples_cfg_gamma{scale:g}.png",
                                     title=f"classifier-free guidance, γ = {scale:g} (row = class)"))
     source = "loaded from cache" if trained.loaded else "trained"
-    head = (f"Class-conditional network ({config.steps} steps, label dropout {config.label_dropout:g}) {source} "
-            f"in {trained.seconds:.1f} s. {args.n_per_class} samples per class and scale, probability-flow ODE "
-            f"(RK45, rtol = {args.rtol:g}, atol = {args.atol:g}), classified by a logistic regression trained "
+    head = (f"Class-conditional network ({args.cond_train_steps} steps, label dropout {args.label_dropout:g}) "
+            f"{source} in {trained.seconds:.1f} s. {args.n_per_class} samples per class and scale, drawn per "
+            f"scale as one probability-flow ODE batch of {len(result.batch_labels)} holding all {NUM_CLASSES} "
+            f"classes (sample b has label b mod {NUM_CLASSES}, passed as per-sample model_kwargs; RK45, "
+            f"rtol = {args.rtol:g}, atol = {args.atol:g}), classified by a logistic regression trained "
             f"on the {len(train_levels)} real training digits (samples quantised to pixel levels).")
     print("\n" + head, format_accuracy_text(result), sep="\n\n", flush=True)
     markdown = ("## Class-conditional digits, classifier-free guidance\n\n" + head + "\n\n"
                 + format_accuracy_markdown(result) + "\n\nAccuracy: share of a class's samples the classifier "
                 "assigns to that class; last column: the classifier on the real test digits of that class. "
-                "NFE: network calls per sample, each on the doubled (conditional + null) batch.\n")
+                "NFE: network calls per sample, each on the doubled (conditional + null) batch; wall time: "
+                "the whole batch.\n")
     guidance_md = out / "guidance.md"
     guidance_md.write_text("# sdekit digits demo: guidance\n\n" + markdown)
-    outputs = {"guidance": result, "guidance_pngs": pngs, "guidance_md": guidance_md,
-               "conditional_checkpoint": trained.path, "conditional_loaded": trained.loaded,
-               "conditional_train_seconds": trained.seconds}
+    outputs = {"guidance": result, "guidance_pngs": pngs, "guidance_md": guidance_md}
     return {"markdown": markdown, "outputs": outputs}
 
 
