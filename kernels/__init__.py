@@ -26,20 +26,20 @@ from .langevin import langevin_step, langevin_step_ref, langevin_step_triton
 from .rk import MAX_STAGES, rk_combine, rk_combine_ref, rk_combine_triton
 
 __all__ = [
-    "HAS_TRITON",
-    "INTERPRETED",
     "BACKENDS",
     "ENV_VAR",
-    "resolve_backend",
+    "HAS_TRITON",
+    "INTERPRETED",
+    "MAX_STAGES",
     "affine_update",
     "affine_update_ref",
     "affine_update_triton",
-    "normal",
     "langevin_step",
     "langevin_step_ref",
     "langevin_step_triton",
+    "normal",
+    "resolve_backend",
     "rk_combine",
     "rk_combine_ref",
     "rk_combine_triton",
-    "MAX_STAGES",
 ]

@@ -67,11 +67,11 @@ class Coef:
         return isinstance(self.value, torch.Tensor)
 
     def is_zero(self) -> bool:
-        return not self.is_vec and self.value == 0.0
+        return not isinstance(self.value, torch.Tensor) and self.value == 0.0  # is_vec, spelled so the type narrows
 
     def column(self, x: torch.Tensor, dtype: torch.dtype):
         """The coefficient in ``dtype``, shaped to broadcast against ``x`` ``(B, *D)`` (a float stays a float)."""
-        if not self.is_vec:
+        if not isinstance(self.value, torch.Tensor):  # not is_vec
             return self.value
         v = self.value.to(dtype)
         v = v.expand(x.shape[0]) if v.dim() == 0 else v

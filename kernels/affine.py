@@ -49,7 +49,7 @@ if HAS_TRITON:
         BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
     ):
         # NOISE: 0 none, 1 Philox in the kernel, 2 z read from z_ptr.
-        k, rows, cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
+        k, rows, _cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
         acc = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
         if HAS_X:
             xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)

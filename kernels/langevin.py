@@ -32,7 +32,7 @@ if HAS_TRITON:
     def _sq_norms_kernel(part_ptr, s_ptr, z_ptr, idx_ptr, B, N, chunks, k0, k1, stream,
                          NOISE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
         # part[0, b, k] = Σ s², part[1, b, k] = Σ z² over chunk k of sample b.  NOISE: 1 Philox, 2 read z.
-        k, rows, cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
+        k, rows, _cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
         s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if NOISE == 1:
             kw0, kw1, st = key_words(k0, k1, stream)
@@ -88,7 +88,7 @@ def langevin_step_ref(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, 
     z_norm = z_c.double().flatten(1).pow(2).sum(1).sqrt().to(cdt)
     a = alpha.value.to(cdt) if alpha.is_vec else alpha.value
     eps = step_size(s_norm, z_norm, float(snr), a, per_sample_norm)
-    col = lambda v: v.reshape((-1,) + (1,) * (x.dim() - 1))  # noqa: E731
+    col = lambda v: v.reshape((-1,) + (1,) * (x.dim() - 1))
     mean = x.to(cdt) + col(eps) * s_c
     new = mean + col((2 * eps).sqrt()) * z_c
     new = new.to(x.dtype) if out is None else out.copy_(new)

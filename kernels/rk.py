@@ -53,7 +53,7 @@ if HAS_TRITON:
         BMASK: tl.constexpr, EMASK: tl.constexpr, H_VEC: tl.constexpr,
         BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
     ):
-        k, rows, cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
+        k, rows, _cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
         acc_b = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
         acc_e = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
         acc_b, acc_e = _stage(acc_b, acc_e, k0, offs, mask, b0, e0, (BMASK >> 0) & 1, (EMASK >> 0) & 1)
@@ -182,4 +182,4 @@ def rk_combine(y, ks, b, b_err, h, rtol, atol, *, out=None, backend=None):
     return fn(y, ks, b, b_err, h, rtol, atol, out=out)
 
 
-__all__ = ["rk_combine", "rk_combine_ref", "rk_combine_triton", "MAX_STAGES"]
+__all__ = ["MAX_STAGES", "rk_combine", "rk_combine_ref", "rk_combine_triton"]

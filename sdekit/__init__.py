@@ -37,6 +37,8 @@ def _attach_source_kernels() -> None:
     if not _os.path.isfile(init):
         return
     spec = _ilu.spec_from_file_location(__name__ + ".kernels", init, submodule_search_locations=[src])
+    if spec is None or spec.loader is None:  # never for an existing .py file
+        raise ImportError(f"cannot load {init} as {__name__}.kernels")
     module = _ilu.module_from_spec(spec)
     _sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -51,48 +53,48 @@ from .likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likeliho
 from .sampling import SampleResult, sample
 from .score_models import score_from_denoiser, score_from_epsilon, score_from_v, score_from_x0
 from .sdes import (
+    EDMSDE,
+    VESDE,
+    VPSDE,
     AbstractLinearSDE,
     AbstractSDE,
     DiscreteVPSDE,
-    EDMSDE,
     OrnsteinUhlenbeck,
     ProbabilityFlowODE,
     ReverseSDE,
     SubVPSDE,
-    VESDE,
-    VPSDE,
 )
 from .solvers import ODESolution, ToleranceNotMetError, odeint, sdeint, solve_adaptive
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbstractSDE",
-    "AbstractLinearSDE",
-    "VPSDE",
-    "SubVPSDE",
-    "VESDE",
-    "OrnsteinUhlenbeck",
-    "DiscreteVPSDE",
     "EDMSDE",
-    "ReverseSDE",
-    "ProbabilityFlowODE",
-    "sample",
-    "SampleResult",
-    "log_likelihood",
-    "LikelihoodResult",
-    "bits_per_dim",
-    "dequantize",
-    "score_from_epsilon",
-    "score_from_x0",
-    "score_from_v",
-    "score_from_denoiser",
-    "solve_adaptive",
-    "sdeint",
-    "odeint",
-    "ODESolution",
-    "ToleranceNotMetError",
+    "VESDE",
+    "VPSDE",
+    "AbstractLinearSDE",
+    "AbstractSDE",
     "BrownianTree",
-    "classifier_guidance",
+    "DiscreteVPSDE",
+    "LikelihoodResult",
+    "ODESolution",
+    "OrnsteinUhlenbeck",
+    "ProbabilityFlowODE",
+    "ReverseSDE",
+    "SampleResult",
+    "SubVPSDE",
+    "ToleranceNotMetError",
+    "bits_per_dim",
     "classifier_free_guidance",
+    "classifier_guidance",
+    "dequantize",
+    "log_likelihood",
+    "odeint",
+    "sample",
+    "score_from_denoiser",
+    "score_from_epsilon",
+    "score_from_v",
+    "score_from_x0",
+    "sdeint",
+    "solve_adaptive",
 ]

@@ -4,4 +4,4 @@ from .external import CallableBrownian
 from .sequential import SequentialBrownian
 from .tree import BrownianTree, depth_for_step
 
-__all__ = ["BrownianTree", "SequentialBrownian", "CallableBrownian", "depth_for_step"]
+__all__ = ["BrownianTree", "CallableBrownian", "SequentialBrownian", "depth_for_step"]

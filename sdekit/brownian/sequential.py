@@ -40,7 +40,7 @@ class SequentialBrownian:
         the next.  The values are the same either way.
         """
         times = [float(t) for t in times]
-        kw = dict(device=self.device, dtype=self.dtype)
+        kw = {"device": self.device, "dtype": self.dtype}
         z = z2 = half = None
         if reuse:
             z, z2, half = torch.empty(self.shape, **kw), torch.empty(self.shape, **kw), torch.empty(self.shape, **kw)

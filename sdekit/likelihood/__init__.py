@@ -5,11 +5,11 @@ from .divergence import exact_divergence, hutchinson_divergence, probe_noise
 from .log_likelihood import LikelihoodResult, log_likelihood
 
 __all__ = [
-    "log_likelihood",
     "LikelihoodResult",
     "bits_per_dim",
     "dequantize",
-    "hutchinson_divergence",
     "exact_divergence",
+    "hutchinson_divergence",
+    "log_likelihood",
     "probe_noise",
 ]

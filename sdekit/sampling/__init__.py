@@ -7,13 +7,13 @@ from .predictors import Ancestral, EulerMaruyama, ReverseDiffusion
 from .sample import SampleResult, sample
 
 __all__ = [
-    "sample",
+    "Ancestral",
+    "AnnealedLangevin",
+    "EulerMaruyama",
+    "Langevin",
+    "ReverseDiffusion",
     "SampleResult",
+    "sample",
     "time_grid",
     "tweedie_denoise",
-    "EulerMaruyama",
-    "ReverseDiffusion",
-    "Ancestral",
-    "Langevin",
-    "AnnealedLangevin",
 ]

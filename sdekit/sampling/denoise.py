@@ -35,6 +35,6 @@ def tweedie_denoise(sde, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tenso
         TypeError: if ``sde`` is not linear (no closed-form marginal).
     """
     check_denoisable(sde)
-    col = lambda v: expand_as_batch(v.to(x.dtype), x)  # noqa: E731
+    col = lambda v: expand_as_batch(v.to(x.dtype), x)
     s = score(x, t.to(x.dtype))
     return (x - col(sde.mean_offset(t)) + col(sde.std(t) ** 2) * s) / col(sde.mean_coeff(t))

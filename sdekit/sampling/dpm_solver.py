@@ -113,8 +113,8 @@ def dpmpp_2m_coefficients(sde, grid: torch.Tensor):
     alpha, sigma = sde.mean_coeff(grid), sde.std(grid)
     phi = -alpha[1:] * torch.expm1(-h)
     r = [None] + (h[:-1] / h[1:]).tolist()
-    return dict(ratio=(sigma[1:] / sigma[:-1]).tolist(), phi=phi.tolist(), r=r, alpha=alpha.tolist(),
-                sigma=sigma.tolist(), offset=sde.mean_offset(grid).tolist())
+    return {"ratio": (sigma[1:] / sigma[:-1]).tolist(), "phi": phi.tolist(), "r": r, "alpha": alpha.tolist(),
+            "sigma": sigma.tolist(), "offset": sde.mean_offset(grid).tolist()}
 
 
 def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bool = True, monitor=None):

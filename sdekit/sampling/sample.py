@@ -326,6 +326,7 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     each step ``i`` (reported with ``t_i``) and after denoising (step ``N``).
     """
     B, K, times = x.shape[0], plan.corrector_steps, plan.times
+    corrector = () if plan.corrector is None else plan.corrector  # None only without a corrector (K = 0)
     key = {"seed": plan.seed, "sample_index": sample_index, "backend": backend}
     iterator = range(len(times) - 1)
     if progress:
@@ -335,7 +336,7 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     for i in iterator:
         t = torch.full((B,), times[i], dtype=x.dtype, device=x.device)
         for j in range(K):
-            x = fix.keyed_step(x, score(x, t), plan.corrector[i], stream=1 + i * (K + 1) + j, **key)
+            x = fix.keyed_step(x, score(x, t), corrector[i], stream=1 + i * (K + 1) + j, **key)
         s = score(x, t)
         stream = 1 + i * (K + 1) + K
         if plan.coef is not None:

@@ -10,14 +10,14 @@ from .ve import VESDE
 from .vp import VPSDE
 
 __all__ = [
-    "AbstractSDE",
-    "AbstractLinearSDE",
-    "VPSDE",
-    "SubVPSDE",
-    "VESDE",
-    "OrnsteinUhlenbeck",
-    "DiscreteVPSDE",
     "EDMSDE",
-    "ReverseSDE",
+    "VESDE",
+    "VPSDE",
+    "AbstractLinearSDE",
+    "AbstractSDE",
+    "DiscreteVPSDE",
+    "OrnsteinUhlenbeck",
     "ProbabilityFlowODE",
+    "ReverseSDE",
+    "SubVPSDE",
 ]

@@ -72,7 +72,7 @@ class DiscreteVPSDE(BetaScheduleSDE):
         a, b = secant[:-1], secant[1:]
         slope[1:-1] = torch.where((a > 0) & (b > 0), 2 * a * b / (a + b).clamp_min(1e-300), torch.zeros_like(a))
         self._knots = torch.stack([knots, slope])  # (2, N + 1)
-        self._tables = {}
+        self._tables: dict[torch.device, torch.Tensor] = {}  # _knots on each device used
 
     def __repr__(self) -> str:
         last = float(self.alphas_cumprod[-1])

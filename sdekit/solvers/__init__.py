@@ -6,10 +6,24 @@ from .odeint import ODESolution, odeint
 from .tableaus import BOSH3, DOPRI5, EULER, HEUN, MIDPOINT, RK4, TABLEAUS, TSIT5, ButcherTableau
 
 __all__ = [
-    "solve_adaptive", "AdaptiveSolution", "ToleranceNotMetError", "odeint", "ODESolution",
-    "StepController", "PI_CONTROLLER", "I_CONTROLLER",
-    "ButcherTableau", "TABLEAUS", "EULER", "MIDPOINT", "HEUN", "RK4", "BOSH3", "DOPRI5", "TSIT5",
+    "BOSH3",
+    "DOPRI5",
+    "EULER",
+    "HEUN",
+    "I_CONTROLLER",
+    "MIDPOINT",
+    "PI_CONTROLLER",
+    "RK4",
+    "TABLEAUS",
+    "TSIT5",
+    "AdaptiveSolution",
+    "ButcherTableau",
+    "ODESolution",
+    "StepController",
+    "ToleranceNotMetError",
+    "odeint",
+    "solve_adaptive",
 ]
-from .sdeint import sdeint  # noqa: E402
+from .sdeint import sdeint
 
 __all__ += ["sdeint"]

@@ -16,6 +16,7 @@ that the step crossed.  Everything else stays on the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -154,6 +155,13 @@ def _combine(tableau, yi, ks, step, rtol, atol, fused):
     return y_new, _rms(error / (atol + rtol * torch.maximum(yi.abs(), y_new.abs())))
 
 
+def _rows(idx: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Selection of the rows ``idx`` of a batched tensor (every row, unchanged, when ``idx`` is ``None``)."""
+    if idx is None:
+        return lambda v: v
+    return lambda v: v.index_select(0, idx)
+
+
 def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args, fused=False) -> AdaptiveSolution:
     """The per-sample adaptive loop; ``t_out`` is ``(B, n)`` with ``n >= 2``."""
     B, n = t_out.shape
@@ -187,7 +195,7 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
                 f"at t={t[idx[:8]].tolist()}); raise max_steps or loosen the tolerances"
             )
         full = m == B
-        sel = (lambda v: v) if full else (lambda v: v.index_select(0, idx))
+        sel = _rows(None if full else idx)
         ti, yi, hi, di, t1i = sel(t), sel(y), sel(h), sel(direction), sel(t1)
         argi = tuple(sel(a) for a in args)
 

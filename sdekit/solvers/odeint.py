@@ -139,6 +139,7 @@ def odeint(
         t_out = times.to(y0.dtype).unsqueeze(0).expand(B, -1)
         sol = solve_adaptive(call, batched, None, None, rtol=rtol, atol=atol, max_steps=max_steps,
                              tableau=tableau, controller=controller, args=args, t_eval=t_out)
+        assert sol.ys is not None  # solve_adaptive returns the states at every t_eval
         ys, nfe, steps, rejected = sol.ys, sol.nfe, sol.steps, sol.rejected
     else:
         if step_size is None:

@@ -72,5 +72,7 @@ def rk_interpolate(tableau: ButcherTableau, y, ks, h, theta):
         ``(P, *S)``.
     """
     w = dense_weights(tableau, theta.to(y.dtype))  # (P, s)
-    incr = sum(expand_as_batch(w[:, i], y) * k for i, k in enumerate(ks) if any(tableau.dense[i]))
+    dense = tableau.dense
+    assert dense is not None  # dense_weights raised otherwise
+    incr = sum(expand_as_batch(w[:, i], y) * k for i, k in enumerate(ks) if any(dense[i]))
     return y + expand_as_batch(h, y) * incr

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, TypedDict
 
 import torch
 
 from .convergence import OrderFit, fit_order
 
-f64 = dict(dtype=torch.float64)
+
+class _Float64(TypedDict):
+    dtype: torch.dtype
+
+
+f64: _Float64 = {"dtype": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,10 @@ class ODEProblem:
     """
 
     name: str
-    func: object
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     y0: float
     t1: float
-    exact: object
+    exact: Callable[[float], float]
     refine: int = 1
 
 
@@ -83,7 +89,7 @@ def ode_order(tableau, problem: ODEProblem, steps, weights=None) -> tuple[OrderF
     Returns ``(fit, errors)``; ``weights`` defaults to ``tableau.b`` (pass ``b − b_error`` for the embedded order).
     """
     weights = tableau.b if weights is None else weights
-    func = lambda t, y: problem.func(t[:, None], y)  # noqa: E731
+    func = lambda t, y: problem.func(t[:, None], y)
     y0 = torch.full((1, 1), problem.y0, **f64)
     ns = [n * problem.refine for n in steps]
     errs = [abs(integrate_fixed(func, tableau, weights, y0, problem.t1, n).item() - problem.exact(problem.t1))

@@ -12,7 +12,23 @@ from .reversible_heun import ReversibleHeun
 from .srk import SRA1Solver, SRA3Solver, SRI2Solver
 
 __all__ = [
-    "AbstractSDESolver", "EulerMaruyama", "Milstein", "DerivativeFreeMilstein", "Heun", "EulerHeun", "Midpoint",
-    "ReversibleHeun", "SRA1Solver", "SRA3Solver", "SRI2Solver", "METHODS", "resolve", "method_names",
-    "default_method", "SDEProblem", "as_problem", "NOISE_TYPES", "SDE_TYPES",
+    "METHODS",
+    "NOISE_TYPES",
+    "SDE_TYPES",
+    "AbstractSDESolver",
+    "DerivativeFreeMilstein",
+    "EulerHeun",
+    "EulerMaruyama",
+    "Heun",
+    "Midpoint",
+    "Milstein",
+    "ReversibleHeun",
+    "SDEProblem",
+    "SRA1Solver",
+    "SRA3Solver",
+    "SRI2Solver",
+    "as_problem",
+    "default_method",
+    "method_names",
+    "resolve",
 ]

@@ -231,18 +231,23 @@ def from_torchsde(sde, y0: torch.Tensor, t0, noise_size=None) -> SDEProblem:
     f_and_g = getattr(sde, "f_and_g", None)
     g_prod = getattr(sde, "g_prod", None)
     f_and_g_prod = getattr(sde, "f_and_g_prod", None)
+    m_shape: tuple[int, ...]  # the noise shape, set below once m is known (read by the f lambda)
     if f is None and f_and_g is None:
         if f_and_g_prod is None:
             raise ValueError("sde must define f(t, y) or f_and_g(t, y)")
-        f = lambda t, y: f_and_g_prod(t, y, torch.zeros((B,) + m_shape, dtype=y.dtype, device=y.device))[0]  # noqa: E731
+        f = lambda t, y: f_and_g_prod(t, y, torch.zeros((B,) + m_shape, dtype=y.dtype, device=y.device))[0]
     if g is None and f_and_g is None and g_prod is None:
         if f_and_g_prod is None:
             raise ValueError("sde must define g(t, y), f_and_g(t, y) or g_prod(t, y, v)")
-        g_prod = lambda t, y, v: f_and_g_prod(t, y, v)[1]  # noqa: E731
+        g_prod = lambda t, y, v: f_and_g_prod(t, y, v)[1]
     form = "elementwise" if noise_type == "diagonal" else "matrix"
     has_g = g is not None or f_and_g is not None
     if has_g:
-        G0 = g(t0, y0) if g is not None else f_and_g(t0, y0)[1]
+        if g is not None:
+            G0 = g(t0, y0)
+        else:
+            assert f_and_g is not None  # has_g
+            G0 = f_and_g(t0, y0)[1]
         if not isinstance(G0, torch.Tensor):
             raise TypeError(f"g must return a torch.Tensor, got {type(G0).__name__}")
         if form == "elementwise":
@@ -266,7 +271,11 @@ def from_torchsde(sde, y0: torch.Tensor, t0, noise_size=None) -> SDEProblem:
     else:
         raise ValueError("cannot infer the number of Brownian motions m from g_prod alone: pass bm of shape (B, m)")
     m_shape = (m,)
-    f0 = f(t0, y0) if f is not None else f_and_g(t0, y0)[0]
+    if f is not None:
+        f0 = f(t0, y0)
+    else:
+        assert f_and_g is not None  # f was built from f_and_g_prod where both are missing
+        f0 = f_and_g(t0, y0)[0]
     _check_out("f", f0, (B, d), "the shape of y")
     if g_prod is not None:
         v = torch.zeros((B, m), dtype=y0.dtype, device=y0.device)
