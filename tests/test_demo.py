@@ -216,8 +216,8 @@ def test_untrained_conditional_network_ignores_the_label():
 def label_sensitive_net():
     """A small conditional network whose output depends on the label (random output layer), and the test split."""
     levels, labels, test, test_labels = load_labelled_splits(seed=0)
+    torch.manual_seed(0)  # the network's initialisation too: the same net in every run
     net = build_network(TrainConfig(width=16, depth=1, num_classes=10, label_dropout=0.1), sdekit.VPSDE(), levels)
-    torch.manual_seed(0)
     with torch.no_grad():
         torch.nn.init.normal_(net.out.weight, std=0.1)
         torch.nn.init.normal_(net.label_embed.weight, std=1.0)

@@ -38,6 +38,8 @@ class SinusoidalEmbedding(nn.Module):
             not ``0 < min_freq <= max_freq``.
     """
 
+    freqs: torch.Tensor  # registered buffer (dim // 2,)
+
     def __init__(self, dim: int = 64, min_freq: float = 0.1, max_freq: float = 20.0):
         super().__init__()
         if dim <= 0 or dim % 2:
@@ -169,8 +171,10 @@ class ConditionalEpsilonMLP(EpsilonMLP):
         self.null_label = num_classes
         self.label_embed = nn.Embedding(num_classes + 1, self.inp.out_features)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(x, t)
+        if y is None:
+            raise ValueError("y (the class labels, or the null label) is required by the conditional network")
         if y.shape != (x.shape[0],) or y.dtype != torch.int64:
             raise ValueError(f"y must be an int64 tensor of shape (B,) = ({x.shape[0]},), "
                              f"got {y.dtype} {tuple(y.shape)}")

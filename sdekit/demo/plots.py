@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend first)
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 
 def save_digit_grid(pixels: torch.Tensor, path: str | Path, *, title: str = "", side: int = 8,
@@ -30,7 +31,7 @@ def save_digit_grid(pixels: torch.Tensor, path: str | Path, *, title: str = "", 
         ValueError: if ``pixels`` is not ``(N, side*side)`` with square ``N``.
     """
     n = pixels.shape[0] if pixels.dim() == 2 else -1
-    cols = int(round(n**0.5)) if n > 0 else 0
+    cols = math.isqrt(n) if n > 0 else 0
     if pixels.dim() != 2 or pixels.shape[1] != side * side or cols * cols != n:
         raise ValueError(
             f"pixels must have shape (N, {side * side}) with N a perfect square, got {tuple(pixels.shape)}"

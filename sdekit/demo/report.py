@@ -41,7 +41,7 @@ def format_text(rows: list[Row]) -> str:
     """Fixed-width plain-text table of ``rows`` (for the terminal)."""
     table = [HEADER] + [r.cells() for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
-    fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(HEADER), rule] + [fmt(r.cells()) for r in rows])
 

@@ -104,10 +104,11 @@ def build_network(config: TrainConfig, sde, train_levels: torch.Tensor):
     ``train_levels`` ``(N, D)``: an :class:`EpsilonMLP`, or a :class:`ConditionalEpsilonMLP` when
     ``config.num_classes > 0``."""
     mean, cov = dequantized_moments(train_levels)
-    sizes = dict(width=config.width, depth=config.depth, time_dim=config.time_dim, dropout=config.dropout)
     if config.num_classes == 0:
-        return EpsilonMLP(sde, mean, cov, **sizes)
-    return ConditionalEpsilonMLP(sde, mean, cov, config.num_classes, **sizes)
+        return EpsilonMLP(sde, mean, cov, width=config.width, depth=config.depth, time_dim=config.time_dim,
+                          dropout=config.dropout)
+    return ConditionalEpsilonMLP(sde, mean, cov, config.num_classes, width=config.width, depth=config.depth,
+                                 time_dim=config.time_dim, dropout=config.dropout)
 
 
 def sample_times(n: int, sde, eps: float, mode: str, *, generator=None, device=None) -> torch.Tensor:
@@ -200,7 +201,7 @@ def train_epsilon_net(
         if config.num_classes > 0 and (train_labels is None or train_labels.shape != (train_levels.shape[0],)):
             raise ValueError("train_labels of shape (N,) are needed to train a class-conditional network")
         net = build_network(config, sde, train_levels).to(device)
-        labels = None if config.num_classes == 0 else train_labels.to(device)
+        labels = None if config.num_classes == 0 or train_labels is None else train_labels.to(device)
         return _train_loop(net, train_levels.to(device), labels, sde, config, progress)
 
 

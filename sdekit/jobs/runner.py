@@ -107,7 +107,7 @@ def _prepare(directory: str, spec: JobSpec, ranges) -> str:
             raise ConfigMismatchError(directory, keys, ours, theirs)
     else:  # every rank writes the same bytes; os.replace makes concurrent writers harmless
         write_json(path, manifest)
-    return manifest["config_hash"]
+    return str(manifest["config_hash"])
 
 
 def _shard_done(directory: str, k: int, start: int, stop: int, chash: str) -> dict | None:
@@ -166,12 +166,14 @@ def _merge(directory: str, spec: JobSpec, ranges, chash: str, result: JobResult)
     """Rank 0: verify every shard (recomputing any that went bad), write the merged file and result.json."""
     records, parts = [], []
     for k, (start, stop) in enumerate(ranges):
-        record = _shard_done(directory, k, start, stop, chash)
-        tensors = None if record is None else load_tensors(_shard_paths(directory, k)[0], record["sha256"])
-        if tensors is None:  # changed on disk since it was verified, or another rank's shard went bad
-            record = _compute_shard(directory, spec, k, start, stop, chash)
-            tensors = load_tensors(_shard_paths(directory, k)[0], record["sha256"])
-        records.append(record)
+        found = _shard_done(directory, k, start, stop, chash)
+        tensors = None if found is None else load_tensors(_shard_paths(directory, k)[0], found["sha256"])
+        if found is None or tensors is None:  # changed on disk since it was verified, or another rank's shard went bad
+            found = _compute_shard(directory, spec, k, start, stop, chash)
+            tensors = load_tensors(_shard_paths(directory, k)[0], found["sha256"])
+            if tensors is None:
+                raise RuntimeError(f"shard {k} of {directory!r} changed on disk right after it was written")
+        records.append(found)
         parts.append(tensors)
     merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     faults = [f for r in records for f in r["faults"]]
