@@ -6,14 +6,20 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install sdekit[diffusers])")
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-import sdekit  # noqa: E402
-from sdekit.integrations.diffusers_scheduler import METHODS, SDEScheduler  # noqa: E402
-from sdekit.testing import fit_order  # noqa: E402
+import sdekit
+from sdekit.integrations.diffusers_scheduler import METHODS, SDEScheduler
+from sdekit.testing import fit_order
 
 STEPS = 20  # inference steps in the pipeline tests
-DDPM_CONFIG = DDPMScheduler().config  # the pipeline's own scheduler config, as from_config receives it
+
+
+def _ddpm_config():
+    return DDPMScheduler().config
+
+
+DDPM_CONFIG = _ddpm_config()  # the pipeline's own scheduler config, as from_config receives it
 VARIANTS = [  # SDEScheduler options: every method, and PC with each corrector
     {"method": m} for m in METHODS
 ] + [
@@ -206,23 +212,37 @@ def test_bad_configuration_names_the_option():
         SDEScheduler(prediction_type="score")
     with pytest.raises(ValueError, match="corrector"):
         SDEScheduler(method="ode_heun", corrector="langevin")
-    with pytest.raises(ValueError, match="thresholding"):
-        SDEScheduler(thresholding=True)
-    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
-        SDEScheduler(rescale_betas_zero_snr=True)
+    with pytest.raises(ValueError, match="corrector"):
+        SDEScheduler(method="dpmpp_2m", corrector="langevin")
+    with pytest.raises(ValueError, match="variance_type"):
+        SDEScheduler(variance_type="learned_range")
+    with pytest.raises(ValueError, match="betas"):
+        SDEScheduler(beta_start=0.1, beta_end=2.0)  # betas > 1: no VP chain
+    with pytest.raises(ValueError, match="steps_offset"):
+        SDEScheduler(steps_offset=-1)
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        SDEScheduler(use_karras_sigmas=True, use_exponential_sigmas=True)
+    with pytest.raises(ValueError, match="dynamic_thresholding_ratio"):
+        SDEScheduler(thresholding=True, dynamic_thresholding_ratio=1.5)
     with pytest.raises(ValueError, match="num_inference_steps"):
         SDEScheduler().set_timesteps(1001)
     with pytest.raises(ValueError, match="descending"):
         SDEScheduler().set_timesteps(timesteps=[10, 20])
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        SDEScheduler(use_karras_sigmas=True).set_timesteps(timesteps=[10, 5])
+    with pytest.raises(ValueError, match="steps_offset"):
+        SDEScheduler(steps_offset=1).set_timesteps(1000)  # leading + offset reaches timestep N
     scheduler = SDEScheduler()
     scheduler.set_timesteps(2)
     x = torch.zeros(1, 3, 8, 8)
     with pytest.raises(ValueError, match="model_output"):
         scheduler.step(torch.zeros(1, 3, 4, 4), scheduler.timesteps[0], x)
-    for t in scheduler.timesteps:
-        x = scheduler.step(torch.zeros_like(x), t, x).prev_sample
-    with pytest.raises(ValueError, match="set_timesteps"):
-        scheduler.step(torch.zeros_like(x), 0, x)
+    with pytest.raises(ValueError, match="timestep 7 is not on"):
+        scheduler.step(torch.zeros_like(x), 7, x)
+    with pytest.raises(ValueError, match="begin_index"):
+        scheduler.set_begin_index(2)
+    with pytest.raises(ValueError, match="seed"):
+        scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x, generator=torch.Generator(), seed=1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host syncs")

@@ -17,57 +17,76 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 ``reverse_diffusion``  :class:`sdekit.sampling.ReverseDiffusion`              1
 ``ode_euler``          Euler step of the probability-flow ODE                 1
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
+``dpmpp_2m``           DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2)        1
 + ``corrector``        ``corrector_steps`` Langevin steps at ``t_i`` first    1 + steps
 =====================  =====================================================  ==========
 
-Multi-stage methods fit diffusers' one-model-call-per-``step`` protocol the way
-``HeunDiscreteScheduler`` does: ``timesteps`` lists one entry per model call
-(``order`` calls per interval), and the scheduler keeps the stage in its own
-state.  With a corrector, the entries of an interval repeat ``t_i`` and the
-first ``corrector_steps`` calls each return the Langevin-corrected sample at
-the same time (Song et al. 2021, Algorithm 2: corrector before predictor).
-``ode_heun`` lists ``t_i, t_{i+1}`` per interval: the first call returns the
-Euler predictor at ``t_{i+1}``, the second the Heun average; the last interval
-(to ``t = 0``, where the score is undefined) is an Euler step, so there are
-``2n − 1`` entries, as in ``HeunDiscreteScheduler``.
+The diffusers contract: ``timesteps`` lists one entry per model call
+(``order`` calls per interval, as ``HeunDiscreteScheduler`` lays them out), and
+``step(model_output, timestep, sample)`` steps from the entry ``timestep``
+names, so loops over a slice of ``timesteps`` (image-to-image, inpainting,
+SDXL's ``denoising_start``, resumed loops) step the right intervals.  The
+position is found without a host sync when ``timestep`` is an element of
+``scheduler.timesteps`` (what pipelines pass: a view, located by its storage
+offset), a Python number or a CPU tensor; any other device tensor is read once
+(one sync).  A timestep that continues the run (the next entry) takes that
+entry; otherwise it starts the interval that begins at it (diffusers'
+``index_for_timestep`` rule for duplicated timesteps); ``set_begin_index``
+fixes the first position instead.  A timestep not on the schedule raises.
 
 With ``method="ancestral"`` (the default) the scheduler reproduces
 ``DDPMScheduler`` step for step (same timesteps, same posterior mean and
 variance, the same noise drawn from the same generator), for every timestep
-spacing, prediction type and beta schedule.  One difference: the final step
-(to the data, ``t = 0``) never adds noise here, while ``DDPMScheduler`` adds
-``variance_type="fixed_large"`` noise on a final step whose timestep is not 0
-(``"trailing"`` spacing).
+spacing, prediction type and beta schedule, also when a loop starts midway.
+One difference: the final step (to the data, ``t = 0``) never adds noise
+here, while ``DDPMScheduler`` adds ``variance_type="fixed_large"`` noise on a
+final step whose timestep is not 0 (``"trailing"`` spacing).  Coefficients
+are float64: DDPM's float32 ``1 − ᾱ_t/ᾱ_prev`` cancels near ``k = 0`` (up to
+~5e-4 relative at stride 1), so there the two agree to that precision only.
+``dpmpp_2m`` matches ``DPMSolverMultistepScheduler`` (DPM-Solver++, order 2,
+first-order final step to σ = 0) on the same timesteps.
 
-Device and host syncs: the schedule lives on the sample's device (one copy per
-device, made on first use); ``step`` tracks its position with a Python
-counter (diffusers' DDPM looks the timestep up with ``nonzero``, a host sync
-per step), so no step copies anything to the host.  Coefficients are computed
-in float64 (not available on Apple's MPS).
+Noise: from ``generator`` (``randn_tensor``, DDPM-exact) by default; keyed and
+batch-invariant (:func:`sdekit.kernels.normal`, stream 1 + the entry's
+index) with ``step(..., seed=, sample_index=)`` or :meth:`SDEScheduler.set_noise_seed`.
+
+The schedule lives on the sample's device (one copy per device, made on first
+use).  Coefficients are computed in float64 (not available on Apple's MPS).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .._checks import check_choice, check_model_output, check_positive, check_positive_int, expand_as_batch
 from ..sampling.correctors import CORRECTORS
-from ..sampling.predictors import PREDICTORS
+from ..sampling.dpm_solver import dpmpp_2m_coefficients
 from ..score_models import score_from_epsilon, score_from_v, score_from_x0
 from ..sdes.discrete_vp import DiscreteVPSDE
+from . import _scheduler_stages as stages
+from ._scheduler_lookup import TimestepLookup
+from ._scheduler_noise import KeyedNoise
+from ._scheduler_schedule import (
+    METHODS,
+    SDE_METHODS,
+    SIGMA_GRIDS,
+    SPACINGS,
+    build_plan,
+    sigma_grid_timesteps,
+    spaced_timesteps,
+    training_schedule,
+)
 
-METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ode_euler", "ode_heun")
 PREDICTION_TYPES = {"epsilon": score_from_epsilon, "sample": score_from_x0, "v_prediction": score_from_v}
-SPACINGS = ("leading", "trailing", "linspace")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+__all__ = ["METHODS", "SDEScheduler", "SDESchedulerOutput"]
 
 
 @dataclass
@@ -77,67 +96,67 @@ class SDESchedulerOutput(BaseOutput):
     Attributes:
         prev_sample: ``(B, *D)`` the sample for the next model call.
         pred_original_sample: ``(B, *D)`` x̂₀ from this call's model output
-            (Tweedie's formula; clipped when ``clip_sample``).
+            (Tweedie's formula; thresholded or clipped when configured).
     """
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
 
-class _Frozen:
-    """A "network" that returns one precomputed output, so sdekit's adapters and samplers can use it."""
-
-    def __init__(self, out: torch.Tensor):
-        self.out = out
-
-    def __call__(self, x, t):
-        return self.out
-
-
-class SDEScheduler(SchedulerMixin, ConfigMixin):
-    """diffusers scheduler running sdekit's reverse-SDE, predictor–corrector and probability-flow samplers.
+class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # type: ignore[misc, unused-ignore]
+    """diffusers scheduler running sdekit's reverse-SDE, predictor–corrector, probability-flow and DPM-Solver++ samplers.
 
     Configuration (``@register_to_config``; the first group has diffusers'
-    ``DDPMScheduler`` names and defaults, so that ``from_config`` of a DDPM,
-    DDIM, PNDM… config gives the same schedule even where that config kept
-    defaults, which diffusers leaves out of it):
+    ``DDPMScheduler`` names and defaults, so ``from_config`` of a DDPM, DDIM,
+    PNDM, Euler… config gives the same schedule even where it kept defaults):
 
     Args:
         num_train_timesteps: N, the training chain's length.
         beta_start, beta_end, beta_schedule, trained_betas: the betas, computed
-            by diffusers' own ``DDPMScheduler`` (so every schedule it knows works).
+            by diffusers' ``DDPMScheduler`` (every schedule it knows); they must lie in ``[0, 1)``.
+        variance_type: ancestral noise, ``"fixed_small"`` (DDPM's posterior
+            variance β̃) or ``"fixed_large"`` (β); the ``*_log`` names are the
+            same variances (``None``, as DPM-Solver configs store, means ``"fixed_small"``).
+        clip_sample, clip_sample_range: clamp x̂₀ to ``±range`` before the step
+            (diffusers' DDPM default is on); the score then comes from the
+            clamped x̂₀, for every method.
         prediction_type: the network's output: ``"epsilon"``, ``"sample"`` (x₀)
             or ``"v_prediction"`` (Salimans & Ho 2022).
-        clip_sample, clip_sample_range: clamp x̂₀ to ``±range`` before the step
-            (diffusers' DDPM/DDIM default is on); the score then comes from the
-            clamped x̂₀, for every method.  Turn off with ``clip_sample=False``.
+        thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic
+            thresholding of x̂₀ (Saharia et al. 2022); replaces ``clip_sample``.
         timestep_spacing, steps_offset: how ``set_timesteps`` picks inference
-            timesteps (``"leading"``, ``"trailing"``, ``"linspace"``; Lin et al.
-            2024, Table 2), as in diffusers.
-        variance_type: ancestral noise, ``"fixed_small"`` (DDPM's posterior
-            variance β̃) or ``"fixed_large"`` (β, score_sde's VP variant).
-        thresholding, rescale_betas_zero_snr: accepted so that configs carrying
-            them load; only ``False`` is supported (dynamic thresholding is not
-            implemented, and a zero-terminal-SNR schedule has no VP SDE).
-        method: the sampler (module table): ``"ancestral"``, ``"euler_maruyama"``,
-            ``"reverse_diffusion"``, ``"ode_euler"`` or ``"ode_heun"``.
+            timesteps (``"leading"`` + ``steps_offset``, ``"trailing"``,
+            ``"linspace"``; Lin et al. 2024, Table 2), as in diffusers.
+        rescale_betas_zero_snr: rescale to zero terminal SNR (Lin et al. 2024,
+            Algorithm 1); ``ᾱ_{N−1} = 0`` becomes the log-linear continuation of
+            ``ᾱ_{N−3}, ᾱ_{N−2}`` (a VP SDE needs ``ᾱ > 0``; see ``_scheduler_schedule.training_schedule``).
+        use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas: inference
+            timesteps from a noise-level grid over the training range (Karras
+            et al. 2022, eq. 5, ρ = 7; log-uniform; Beta(0.6, 0.6) quantiles),
+            as fractional float32 timesteps; these replace ``timestep_spacing``.
+        method: the sampler (module table).
         corrector: ``None``, ``"langevin"`` or ``"annealed_langevin"`` (SDE methods only).
         snr, corrector_steps, corrector_norm: as in :func:`sdekit.sample`.
     Raises:
-        ValueError: on an unknown option value (named), a corrector with an ODE
-            method, ``thresholding``/``rescale_betas_zero_snr`` set, or a schedule
-            that :class:`~sdekit.DiscreteVPSDE` rejects.
+        ValueError: on an unknown option value (named), more than one sigma
+            grid, a corrector without an SDE method, or betas outside ``[0, 1)``.
+            A ``trained_betas`` whose length is not ``num_train_timesteps``
+            constructs (as in diffusers) but ``set_timesteps``, ``step`` and
+            ``add_noise`` raise a ValueError naming both.
 
     Attributes (diffusers' protocol): ``order``, ``init_noise_sigma`` (1.0),
-    ``timesteps`` (int64, one per model call), ``num_inference_steps``,
-    ``alphas_cumprod``, ``sde`` (the :class:`~sdekit.DiscreteVPSDE`).
+    ``timesteps`` (one per model call; int64, float32 for a sigma grid),
+    ``num_inference_steps``, ``betas``, ``alphas``, ``alphas_cumprod`` (float32
+    ``(N,)``), ``step_index``, ``begin_index``; ``sde`` (the :class:`~sdekit.DiscreteVPSDE`).
 
     Source: Song et al. 2021 (reverse SDE, eq. 6; predictor–corrector,
     Algorithms 2–3; probability flow, eq. 13); Ho et al. 2020 (DDPM chain and
-    posterior, eqs. 2, 6–7); Karras et al. 2022, Algorithm 1 (Heun steps).
+    posterior, eqs. 2, 6–7); Karras et al. 2022, Algorithm 1 (Heun steps);
+    Lu et al. 2022b, Algorithm 2 (DPM-Solver++(2M)).
     """
 
-    _compatibles = []
+    #: diffusers' Karras-pipeline schedulers (what DDPMScheduler lists): ``from_config`` works both ways.
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]  # noqa: RUF012 (diffusers reads the class attribute)
 
     @register_to_config
     def __init__(
@@ -147,233 +166,212 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
-        prediction_type: str = "epsilon",
+        variance_type: str | None = "fixed_small",
         clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
-        variance_type: str = "fixed_small",
-        thresholding: bool = False,
         rescale_betas_zero_snr: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         method: str = "ancestral",
         corrector: str | None = None,
         snr: float = 0.16,
         corrector_steps: int = 1,
         corrector_norm: str = "per_sample",
     ):
+        check_positive_int("num_train_timesteps", num_train_timesteps)
         check_choice("method", method, METHODS)
         check_choice("prediction_type", prediction_type, tuple(PREDICTION_TYPES))
         check_choice("timestep_spacing", timestep_spacing, SPACINGS)
-        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        if variance_type is not None and variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {list(VARIANCE_TYPES)} or None, got {variance_type!r} "
+                             f"(learned variances need the network's variance output, which SDEScheduler does not use)")
         check_choice("corrector_norm", corrector_norm, ("per_sample", "batch_mean"))
         check_positive("snr", snr)
         check_positive("clip_sample_range", clip_sample_range)
+        check_positive("sample_max_value", sample_max_value)
+        if not 0.0 < dynamic_thresholding_ratio <= 1.0:
+            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {dynamic_thresholding_ratio!r}")
         check_positive_int("corrector_steps", corrector_steps)
         if corrector is not None:
             check_choice("corrector", corrector, tuple(CORRECTORS))
-            if method.startswith("ode_"):
+            if method not in SDE_METHODS:
                 raise ValueError(f"corrector must be None with method={method!r} "
-                                 "(Langevin correction needs an SDE method)")
-        if thresholding:
-            raise ValueError("thresholding=True (dynamic thresholding) is not supported by SDEScheduler; "
-                             "set thresholding=False")
-        if rescale_betas_zero_snr:
-            raise ValueError("rescale_betas_zero_snr=True gives ᾱ = 0 at the last timestep, which no VP SDE reaches; "
-                             "set rescale_betas_zero_snr=False")
-        if int(steps_offset) != steps_offset or steps_offset < 0:
+                                 f"(Langevin correction needs an SDE method: {list(SDE_METHODS)})")
+        if isinstance(steps_offset, bool) or int(steps_offset) != steps_offset or steps_offset < 0:
             raise ValueError(f"steps_offset must be an integer >= 0, got {steps_offset!r}")
-        ddpm = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                             beta_schedule=beta_schedule, trained_betas=trained_betas)
-        self.alphas_cumprod = ddpm.alphas_cumprod
-        self.sde = DiscreteVPSDE(self.alphas_cumprod)
+        chosen = dict(zip(SIGMA_GRIDS, (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)))
+        grids = [name for name in SIGMA_GRIDS if chosen[name]]
+        if len(grids) > 1:
+            raise ValueError(f"at most one of {list(SIGMA_GRIDS)} may be True, got {grids}")
+        self._sigma_grid = grids[0] if grids else None
+        self.betas, self.alphas, alphas_cumprod = training_schedule(self.config)
+        self.sde = DiscreteVPSDE(alphas_cumprod)
+        self.alphas_cumprod = alphas_cumprod.to(torch.float32)
         self.init_noise_sigma = 1.0
-        if method == "ode_heun":
-            self.order = 2
-        elif corrector is not None:
-            self.order = 1 + corrector_steps
-        else:
-            self.order = 1
-        self.set_timesteps(num_train_timesteps)
+        self.order = 2 if method == "ode_heun" else (1 + corrector_steps if corrector is not None else 1)
+        self._unusable = None
+        if len(self.betas) != num_train_timesteps:
+            self._unusable = (f"trained_betas has {len(self.betas)} entries but num_train_timesteps = "
+                              f"{num_train_timesteps}; they must agree")
+        self._noise_key: tuple | None = None
+        self._install(np.arange(len(self.betas))[::-1].astype(np.int64), None, None)  # the whole chain, as DDPM
+
+    @property
+    def _cfg(self) -> Any:
+        """``self.config``: diffusers' FrozenDict with attribute access (typed as a plain dict there)."""
+        return self.config
+
+    @property
+    def compatibles(self):
+        """diffusers' compatible scheduler classes (the Karras-pipeline schedulers), and this class."""
+        return [type(self)] + [c for c in super().compatibles if c is not type(self)]
+
+    def _check_usable(self):
+        if self._unusable is not None:
+            raise ValueError(self._unusable)
 
     # ------------------------------------------------------------------ timesteps
 
-    def _inference_timesteps(self, n: int) -> np.ndarray:
-        """Descending training timesteps for ``n`` inference steps (diffusers' spacing rules)."""
-        N, cfg = self.config.num_train_timesteps, self.config
-        if cfg.timestep_spacing == "linspace":
-            ks = np.linspace(0, N - 1, n).round()[::-1]
-        elif cfg.timestep_spacing == "leading":
-            ks = (np.arange(0, n) * (N // n)).round()[::-1] + cfg.steps_offset
-        else:  # trailing
-            ks = np.round(np.arange(N, 0, -N / n)) - 1
-        return ks.astype(np.int64)
-
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None):
-        """Choose the inference timesteps and reset the sampler (call before the first ``step``).
+        """Choose the inference timesteps and reset the run (call before the first ``step``).
 
         Args:
-            num_inference_steps: ``n`` intervals (``1 <= n <= num_train_timesteps``).
+            num_inference_steps: ``n`` intervals (``1 <= n <= num_train_timesteps``),
+                spaced by ``timestep_spacing`` or by the configured sigma grid.
             device: where ``timesteps`` and the schedule live (default CPU; the
                 schedule is also copied to the sample's device at the first step).
-            timesteps: explicit descending training timesteps instead of ``n``.
+            timesteps: explicit strictly descending training timesteps in
+                ``[0, N − 1]`` (integers, or fractional) instead of ``n``.
         Raises:
             ValueError: if both or neither of ``num_inference_steps`` and
-                ``timesteps`` are given, ``n`` is out of range, or ``timesteps``
-                is not strictly descending within ``[0, N)``.
+                ``timesteps`` are given, ``n`` is out of range, ``timesteps`` is not
+                strictly descending within ``[0, N − 1]``, ``timesteps`` is combined
+                with a sigma grid, or ``leading`` + ``steps_offset`` overshoots ``N − 1``.
         """
-        N = self.config.num_train_timesteps
+        self._check_usable()
+        N = self._cfg.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps and timesteps")
-        if timesteps is None:
+        if timesteps is not None:
+            if self._sigma_grid is not None:
+                raise ValueError(f"timesteps= cannot be combined with {self._sigma_grid}=True (the grid chooses them)")
+            if isinstance(timesteps, torch.Tensor):
+                timesteps = timesteps.detach().cpu().numpy()
+            ks = np.asarray(timesteps, dtype=np.float64)
+            n = None
+        else:
             n = check_positive_int("num_inference_steps", num_inference_steps)
             if n > N:
                 raise ValueError(f"num_inference_steps must be <= num_train_timesteps = {N}, got {n}")
-            ks = self._inference_timesteps(n)
-        else:
-            ks = np.asarray(timesteps, dtype=np.int64)
-            if ks.ndim != 1 or ks.size < 1 or (np.diff(ks) >= 0).any():
-                raise ValueError(f"timesteps must be a non-empty strictly descending 1-D list, got {timesteps!r}")
-        if ks.min() < 0 or ks.max() >= N:
-            raise ValueError(f"timesteps must lie in [0, num_train_timesteps) = [0, {N}), got {ks.min()}..{ks.max()}")
-        n = len(ks)
-        self.num_inference_steps = n
-        # Times of the n + 1 grid points: t_i = (k_i + 1)/N, then t_n = 0 (the data).
-        self._grid = torch.cat([self.sde.timestep_to_time(torch.from_numpy(ks)), torch.zeros(1, dtype=torch.float64)])
-        self._grids = {}
-        # One (stage, interval) per model call, and the training timestep that call evaluates the model at.
-        cfg = self.config
-        plan, model_ks = [], []
-        for i in range(n):
-            last = i == n - 1
-            if cfg.method == "ode_heun" and not last:
-                plan += [("heun_predict", i), ("heun_correct", i)]
-                model_ks += [ks[i], ks[i + 1]]
-            elif cfg.method.startswith("ode_"):
-                plan.append(("ode_euler", i))
-                model_ks.append(ks[i])
+            if self._sigma_grid is None:
+                ks = spaced_timesteps(n, N, self._cfg.timestep_spacing, self._cfg.steps_offset)
             else:
-                if cfg.corrector is not None:
-                    plan += [("correct", i)] * cfg.corrector_steps
-                    model_ks += [ks[i]] * cfg.corrector_steps
-                plan.append(("predict", i))
-                model_ks.append(ks[i])
-        self._plan = plan
-        self.timesteps = torch.tensor(model_ks, dtype=torch.int64, device=device)
+                ks = sigma_grid_timesteps(self.sde.alphas_cumprod, n, self._sigma_grid)
+        if ks.ndim != 1 or ks.size < 1 or not bool(np.isfinite(ks).all()):
+            raise ValueError(f"timesteps must be a non-empty 1-D list of finite numbers, got {stages.summary(ks)}")
+        ks = ks.astype(np.int64) if bool((ks == np.round(ks)).all()) else ks.astype(np.float32).astype(np.float64)
+        if (np.diff(ks) >= 0).any():
+            raise ValueError(f"timesteps must be strictly descending, got {stages.summary(ks)}")
+        if ks.min() < 0 or ks.max() > N - 1:
+            raise ValueError(f"timesteps must lie in [0, num_train_timesteps - 1] = [0, {N - 1}], "
+                             f"got {ks.min()}..{ks.max()}")
+        self._install(ks, len(ks) if n is None else n, device)
+
+    def _install(self, ks: np.ndarray, num_inference_steps, device):
+        cfg = self._cfg
+        self._plan = plan = build_plan(ks, self.sde, cfg.method, cfg.corrector_steps if cfg.corrector else 0)
+        self.num_inference_steps = num_inference_steps
+        dtype = torch.int64 if plan.model_timesteps.dtype == np.int64 else torch.float32
+        self.timesteps = torch.from_numpy(plan.model_timesteps).to(dtype=dtype, device=device)
+        self._dpm = None
+        if cfg.method == "dpmpp_2m" and len(ks) > 1:  # the last interval (to σ = 0) returns x̂₀
+            self._dpm = dpmpp_2m_coefficients(self.sde, plan.grid[:-1])
+        self._grids: dict = {}
         if device is not None:  # copy the schedule now, not inside the first step
             self._grid_on(torch.device(device))
             self.sde._table(device)
-        self._step_index = None
-        self._begin_index = 0  # as diffusers: a pipeline sets it after set_timesteps when it starts midway
-        self._heun_state = None
-
-    def set_begin_index(self, begin_index: int = 0):
-        """Start the next run at entry ``begin_index`` of ``timesteps`` (image-to-image pipelines)."""
-        if int(begin_index) != begin_index or begin_index < 0:
-            raise ValueError(f"begin_index must be an integer >= 0, got {begin_index!r}")
-        self._begin_index = int(begin_index)
-
-    @property
-    def step_index(self) -> int | None:
-        """Index into ``timesteps`` of the next ``step`` (``None`` before the first)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int:
-        """First entry of ``timesteps`` a run uses (see :meth:`set_begin_index`)."""
-        return self._begin_index
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._state: tuple | None = None  # (entry index, …) of Heun's predictor or DPM-Solver's x̂₀
 
     def _grid_on(self, device: torch.device) -> torch.Tensor:
         if device not in self._grids:
-            self._grids[device] = self._grid.to(device)
+            self._grids[device] = self._plan.grid.to(device)
         return self._grids[device]
 
     def __len__(self) -> int:
-        return self.config.num_train_timesteps
+        return self._cfg.num_train_timesteps
 
-    # ------------------------------------------------------------------ model output → score
+    # ------------------------------------------------------------------ the step
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """Identity: VP inputs need no scaling (``init_noise_sigma`` = 1)."""
         return sample
 
-    def _score_and_x0(self, model_output, sample, t):
-        """Score model value and x̂₀ at ``(sample, t)`` from the network's output (clipping x̂₀ if configured)."""
-        cfg = self.config
-        score = PREDICTION_TYPES[cfg.prediction_type](_Frozen(model_output), self.sde)(sample, t).to(sample.dtype)
-        m = expand_as_batch(self.sde.mean_coeff(t), sample)
-        var = expand_as_batch(self.sde.std(t) ** 2, sample)
-        x0 = ((sample + var * score) / m).to(sample.dtype)  # Tweedie's formula
-        if cfg.clip_sample:
-            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-            score = score_from_x0(_Frozen(x0), self.sde)(sample, t).to(sample.dtype)
-        return score, x0
-
-    # ------------------------------------------------------------------ the step
-
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
-             return_dict: bool = True):
-        """Advance by one model call: one stage of the sampler (see the module docstring).
+             return_dict: bool = True, *, seed: int | None = None, sample_index: torch.Tensor | None = None):
+        """Advance by one model call: one stage of the sampler, from the entry ``timestep`` names.
 
         Args:
             model_output: ``(B, *D)`` the network's output at ``(sample, timestep)``.
-            timestep: the entry of ``timesteps`` the model was called with.  The
-                scheduler follows its own counter (no lookup, no host sync);
-                the pipeline must call ``step`` once per entry, in order.
+            timestep: an entry of ``timesteps`` (element tensor, scalar tensor or
+                number); found as the module docstring describes.
             sample: ``(B, *D)`` the current sample.
-            generator: ``torch.Generator`` (or a list of B) for the noise.
+            generator: ``torch.Generator`` (or a list of B) for the noise (DDPM-exact).
             return_dict: return :class:`SDESchedulerOutput` (else a tuple).
+            seed, sample_index: keyed noise instead (keyword-only; see :meth:`set_noise_seed`).
         Returns:
             :class:`SDESchedulerOutput` with ``prev_sample`` and
-            ``pred_original_sample`` (x̂₀); the last step returns the noise-free
-            mean (no noise is drawn on the final interval, as in DDPM).
+            ``pred_original_sample`` (x̂₀), or ``(prev_sample, pred_original_sample)``;
+            the last interval returns the noise-free mean.
         Raises:
-            ValueError: if ``model_output`` and ``sample`` differ in shape, or
-                ``step`` is called more often than ``timesteps`` has entries.
+            ValueError: if ``model_output`` and ``sample`` differ in shape, the
+                timestep is not on the schedule or contradicts ``begin_index``, a
+                Heun corrector entry comes without its predictor, or both ``seed``
+                and ``generator`` are given.
         """
+        self._check_usable()
         check_model_output("model_output (the network)", model_output, sample)
-        if self._step_index is None:
-            self._step_index = self._begin_index
-        if self._step_index >= len(self._plan):
-            raise ValueError(f"step called {self._step_index + 1} times but timesteps has {len(self._plan)} "
-                             f"entries; call set_timesteps before a new run")
-        stage, i = self._plan[self._step_index]
+        j = self.index_for_timestep(timestep)
+        stage, i = self._plan.stages[j]
+        cfg = self._cfg
         grid = self._grid_on(sample.device)
         ones = torch.ones(sample.shape[0], dtype=torch.float64, device=sample.device)
         t_i, t_next = grid[i] * ones, grid[i + 1] * ones
         t_eval = t_next if stage == "heun_correct" else t_i
-        score, x0 = self._score_and_x0(model_output, sample, t_eval)
-        frozen = lambda x, t: score  # noqa: E731  (the score of this call, for sdekit's stepping classes)
-        last = i == self.num_inference_steps - 1
-
-        def noise():
-            return randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-
+        score, x0 = stages.score_and_x0(cfg, PREDICTION_TYPES[cfg.prediction_type], self.sde, model_output,
+                                        sample, t_eval)
+        noise = self._noise(sample, generator, seed, sample_index, 1 + j)
+        last = i == len(self._plan.interval_timesteps) - 1
+        state, self._state = self._state, None
         if stage == "predict":
-            predictor = PREDICTORS[self.config.method](self.sde, frozen)
-            z = torch.zeros_like(sample) if last else noise()  # the final step returns the mean
-            if self.config.method == "ancestral" and self.config.variance_type == "fixed_large":
-                _, x_mean = predictor.step(sample, t_i, t_next, torch.zeros_like(sample))
-                g = self.sde.transition(t_next, t_i)[2]  # G² = 1 − ᾱ_t/ᾱ_s: "β" of the strided step
-                prev = x_mean + expand_as_batch(g.to(sample.dtype), sample) * z
-            else:
-                prev, _ = predictor.step(sample, t_i, t_next, z)
+            prev = stages.predict(cfg, self.sde, score, sample, t_i, t_next, noise, last)
         elif stage == "correct":
-            cfg = self.config
-            fix = CORRECTORS[cfg.corrector](self.sde, frozen, cfg.snr, 1, cfg.corrector_norm == "per_sample")
-            prev, _ = fix.correct(sample, t_i, t_next, noise)
+            prev = stages.correct(cfg, self.sde, score, sample, t_i, t_next, noise)
+        elif stage == "dpmpp":
+            x0_prev = state[1] if state is not None and state[0] == j - 1 else None
+            prev = stages.dpmpp_2m(self._dpm, i, sample, x0, x0_prev, last)
+            self._state = (j, x0)
         else:
-            drift = self.sde.probability_flow(frozen).drift(sample, t_eval.to(sample.dtype))
+            drift = stages.flow_drift(self.sde, score, sample, t_eval)
             h = expand_as_batch((t_next - t_i).to(sample.dtype), sample)
-            if stage == "ode_euler":
+            if stage == "heun_correct":  # average the slopes at both ends (trapezoidal rule)
+                if state is None or state[0] != j - 1:
+                    raise ValueError(f"timestep {self._plan.values[j]:g} at entry {j} is the Heun corrector of "
+                                     f"interval {i}; step its predictor (entry {j - 1}) first")
+                prev = state[1] + h * 0.5 * (state[2] + drift)
+            else:
                 prev = sample + h * drift
-            elif stage == "heun_predict":
-                self._heun_state = (sample, drift)
-                prev = sample + h * drift
-            else:  # heun_correct: average the slopes at both ends (trapezoidal rule)
-                x_start, drift_start = self._heun_state
-                self._heun_state = None
-                prev = x_start + h * 0.5 * (drift_start + drift)
-        self._step_index += 1
+                if stage == "heun_predict":
+                    self._state = (j, sample, drift)
+        self._step_index = j + 1
         if not return_dict:
             return (prev, x0)
         return SDESchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -381,22 +379,61 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ training-side helpers
 
     def _marginal_coeffs(self, timesteps, like: torch.Tensor):
-        k = torch.as_tensor(timesteps, device=like.device).reshape(-1)
-        if k.numel() == 1:
-            k = k.expand(like.shape[0])
-        if k.shape != (like.shape[0],):
-            raise ValueError(f"timesteps must be a scalar or have shape (B,) = ({like.shape[0]},), "
-                             f"got {tuple(k.shape)}")
-        t = self.sde.timestep_to_time(k)
-        col = lambda v: expand_as_batch(v.to(like.dtype), like)  # noqa: E731
+        """``(√ᾱ, √(1 − ᾱ))`` at ``timesteps`` as ``(b, 1, …, 1)`` columns of ``like``'s dtype, ``b`` ∈ {1, B}."""
+        self._check_usable()
+        k = torch.as_tensor(timesteps).to(like.device).reshape(-1)
+        if k.numel() not in (1, like.shape[0]):
+            raise ValueError(f"timesteps must hold 1 or B = {like.shape[0]} values, got shape "
+                             f"{tuple(torch.as_tensor(timesteps).shape)}")
+        if k.device.type == "cpu" and k.numel() and not bool(((k >= 0) & (k <= len(self) - 1)).all()):
+            raise ValueError(f"timesteps must lie in [0, num_train_timesteps - 1] = [0, {len(self) - 1}], "
+                             f"got {k.min().item()}..{k.max().item()}")
+        work = k if like.device.type != "mps" else k.cpu()  # float64 is not available on MPS
+        t = self.sde.timestep_to_time(work)
+        col = lambda v: v.to(like.device, like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
         return col(self.sde.mean_coeff(t)), col(self.sde.std(t))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """Forward marginal ``x_k = √ᾱ_k x₀ + √(1 − ᾱ_k) ε`` at training timestep(s) ``k`` (scalar or ``(B,)``)."""
+        """Forward marginal ``x_k = √ᾱ_k x₀ + √(1 − ᾱ_k) ε`` at training timestep(s) ``k``.
+
+        Args:
+            original_samples, noise: ``(B, *D)``, any float dtype and device.
+            timesteps: a number or a tensor of 1 or ``B`` values (any shape, any
+                device; fractional timesteps interpolate the schedule).
+        Returns:
+            ``(B, *D)`` in the dtype of the product (``original_samples``' for equal dtypes).
+        Raises:
+            ValueError: if ``timesteps`` holds another number of values, or (CPU) leaves ``[0, N − 1]``.
+        """
         m, s = self._marginal_coeffs(timesteps, original_samples)
         return m * original_samples + s * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """The v-prediction target ``v = √ᾱ_k ε − √(1 − ᾱ_k) x₀`` (Salimans & Ho 2022)."""
+        """The v-prediction target ``v = √ᾱ_k ε − √(1 − ᾱ_k) x₀`` (Salimans & Ho 2022); arguments as :meth:`add_noise`."""
         m, s = self._marginal_coeffs(timesteps, sample)
         return m * noise - s * sample
+
+    def _get_variance(self, t, predicted_variance=None, variance_type=None) -> torch.Tensor:
+        """Variance of the ancestral step that starts at ``t`` (``DDPMScheduler._get_variance``'s contract).
+
+        ``fixed_small``: β̃ = (1 − ᾱ_prev)/(1 − ᾱ_t) · β, clamped to ≥ 1e-20;
+        ``fixed_large``: β = 1 − ᾱ_t/ᾱ_prev (``prev`` = :meth:`previous_timestep`;
+        ᾱ = 1 at the data).  The ``*_log`` names return the same variance.
+        Returns a 0-d float32 tensor.
+
+        Raises:
+            ValueError: for a ``predicted_variance`` (learned variances are not
+                supported) or a timestep not on the schedule.
+        """
+        self._check_usable()
+        if predicted_variance is not None:
+            raise ValueError("predicted_variance: learned variances are not supported by SDEScheduler")
+        vt = variance_type or self._cfg.variance_type or "fixed_small"
+        check_choice("variance_type", vt, VARIANCE_TYPES)
+        j = self._view_index(t)
+        i = self._plan.stages[self._start_index(self._value(t)) if j is None else j][1]
+        grid = self._plan.grid
+        a_t, a_prev = self.sde.mean_coeff(grid[i]) ** 2, self.sde.mean_coeff(grid[i + 1]) ** 2
+        beta = 1 - a_t / a_prev
+        var = beta if vt.startswith("fixed_large") else ((1 - a_prev) / (1 - a_t) * beta).clamp_min(1e-20)
+        return var.to(torch.float32)

@@ -1,0 +1,109 @@
+"""The per-call arithmetic of :class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`.
+
+Each function applies one stage of an sdekit sampler to one model call's
+output, already turned into a score (a "frozen" score model that returns it).
+The samplers' math lives in :mod:`sdekit.sampling`; this module only wires it
+to diffusers' one-model-call-per-``step`` protocol.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._checks import expand_as_batch
+from ..sampling.correctors import CORRECTORS
+from ..sampling.predictors import PREDICTORS
+from ..score_models import score_from_x0
+
+
+class Frozen:
+    """A "network" that returns one precomputed output, so sdekit's adapters and samplers can use it."""
+
+    def __init__(self, out: torch.Tensor):
+        self.out = out
+
+    def __call__(self, x, t, **model_kwargs):
+        return self.out
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding of x̂₀ (Saharia et al. 2022, "Imagen", §2.3).
+
+    Per sample, ``s`` = the ``ratio`` quantile of ``|x̂₀|``, clamped to
+    ``[1, max_value]``; returns ``clamp(x̂₀, −s, s)/s``, shape and dtype of
+    ``x0`` ``(B, *D)`` (the quantile is taken in float32 for half precision).
+    """
+    flat = x0.reshape(x0.shape[0], -1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value).unsqueeze(1)
+    return (flat.clamp(-s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+def score_and_x0(cfg, adapter, sde, model_output, sample, t):
+    """Score and x̂₀ at ``(sample, t)`` from the network's output (thresholded or clipped if configured).
+
+    ``adapter`` is ``score_from_epsilon``/``score_from_x0``/``score_from_v``;
+    ``t`` ``(B,)`` float64.  x̂₀ is Tweedie's ``(x + σ² s)/m``; after dynamic
+    thresholding (``cfg.thresholding``, which takes precedence, as in
+    diffusers) or clipping (``cfg.clip_sample``) the score is recomputed from the
+    processed x̂₀, so every method samples with it.
+    """
+    score = adapter(Frozen(model_output), sde)(sample, t).to(sample.dtype)
+    m = expand_as_batch(sde.mean_coeff(t), sample)
+    var = expand_as_batch(sde.std(t) ** 2, sample)
+    x0 = ((sample + var * score) / m).to(sample.dtype)
+    if cfg.thresholding:
+        x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+    elif cfg.clip_sample:
+        x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+    else:
+        return score, x0
+    return score_from_x0(Frozen(x0), sde)(sample, t).to(sample.dtype), x0
+
+
+def predict(cfg, sde, score, sample, t_i, t_next, noise, last: bool):
+    """The SDE predictor from ``t_i`` to ``t_next``; the last interval (to the data) adds no noise."""
+    frozen = Frozen(score)
+    predictor = PREDICTORS[cfg.method](sde, frozen)
+    z = torch.zeros_like(sample) if last else noise()
+    if cfg.method == "ancestral" and cfg.variance_type in ("fixed_large", "fixed_large_log"):
+        _, x_mean = predictor.step(sample, t_i, t_next, torch.zeros_like(sample))
+        g = sde.transition(t_next, t_i)[2]  # G² = 1 − ᾱ_t/ᾱ_s: the "β" of the strided step
+        return x_mean + expand_as_batch(g.to(sample.dtype), sample) * z
+    return predictor.step(sample, t_i, t_next, z)[0]
+
+
+def correct(cfg, sde, score, sample, t_i, t_next, noise):
+    """One Langevin corrector step at ``t_i`` (Song et al. 2021, Algorithms 4–5)."""
+    fix = CORRECTORS[cfg.corrector](sde, Frozen(score), cfg.snr, 1, cfg.corrector_norm == "per_sample")
+    return fix.correct(sample, t_i, t_next, noise)[0]
+
+
+def flow_drift(sde, score, sample, t):
+    """Drift of the probability-flow ODE (Song et al. 2021, eq. 13) at ``(sample, t)``."""
+    return sde.probability_flow(Frozen(score)).drift(sample, t.to(sample.dtype))
+
+
+def dpmpp_2m(co, i: int, sample, x0, x0_prev, last: bool):
+    """DPM-Solver++(2M) from ``t_i`` to ``t_{i+1}`` with coefficients ``co`` of
+    :func:`sdekit.sampling.dpm_solver.dpmpp_2m_coefficients` (Lu et al. 2022b, Algorithm 2).
+
+    ``x0_prev``: x̂₀ of the previous interval's call, or ``None`` (first order,
+    ``D = x̂₀``).  The last interval ends at ``σ = 0``, where the first-order
+    update returns x̂₀ itself (``σ_{i+1}/σ_i = 0``, ``−α(e^{−h} − 1) = 1``).
+    """
+    if last:
+        return x0
+    r = co["r"][i]
+    d = x0 if x0_prev is None or r is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+    return co["ratio"][i] * (sample - co["offset"][i]) + co["phi"][i] * d + co["offset"][i + 1]
+
+
+def summary(values) -> str:
+    """A short text of a timestep list for error messages."""
+    vals = np.asarray(values).tolist()
+    if len(vals) <= 6:
+        return str(vals)
+    return f"[{', '.join(map(str, vals[:3]))}, …, {', '.join(map(str, vals[-2:]))}] ({len(vals)} entries)"
