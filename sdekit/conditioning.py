@@ -49,7 +49,7 @@ def _tree_map(fn: Callable[[str, torch.Tensor], Any], value, path: str):
     return value
 
 
-def check_model_kwargs(model_kwargs, batch: int, name: str = "model_kwargs") -> dict:
+def check_model_kwargs(model_kwargs, batch: int, name: str = "model_kwargs", device=None) -> dict:
     """Validate per-sample conditioning for a batch of ``batch`` samples; return it as a new dict.
 
     Args:
@@ -59,12 +59,14 @@ def check_model_kwargs(model_kwargs, batch: int, name: str = "model_kwargs") -> 
         batch: ``B``, the number of samples.
         name: the argument's name in error messages (``"extra_args"`` for the
             k-diffusion-signature samplers).
+        device: if given, every tensor must be on it (the solvers that gather
+            conditioning with their active samples do so on the samples' device).
     Returns:
         a shallow copy as a ``dict`` (``{}`` for ``None``).
     Raises:
         TypeError: if ``model_kwargs`` is not a mapping or a key is not a string.
-        ValueError: naming the entry, if a tensor is 0-d or its leading
-            dimension is not ``batch``.
+        ValueError: naming the entry, if a tensor is 0-d, its leading
+            dimension is not ``batch``, or it is not on ``device``.
     """
     if model_kwargs is None:
         return {}
@@ -81,6 +83,9 @@ def check_model_kwargs(model_kwargs, batch: int, name: str = "model_kwargs") -> 
                 f"{path} must have the batch as leading dimension, ({batch}, ...), got shape {tuple(v.shape)}; "
                 f"per-sample conditioning is gathered with its rows (pass a Python number for a value "
                 f"shared by all samples, or expand it to the batch)")
+        if device is not None and v.device != torch.device(device):
+            raise ValueError(f"{path} is on {v.device} but the samples are on {torch.device(device)}: the adaptive "
+                             f"solver gathers conditioning with its active samples there; move it to that device")
         return v
 
     for key, value in model_kwargs.items():
@@ -148,7 +153,7 @@ def bind_model_kwargs(score: Callable, model_kwargs: Mapping) -> Callable:
 
 
 def unbind_conditioning(score: Callable, model_kwargs: Mapping | None, batch: int,
-                        name: str = "model_kwargs") -> tuple[Callable, dict]:
+                        name: str = "model_kwargs", device=None) -> tuple[Callable, dict]:
     """Move conditioning bound inside a score model (e.g. per-sample guidance labels) into ``model_kwargs``.
 
     A callable may carry per-sample tensors of its own (``classifier_free_guidance(model,
@@ -162,13 +167,14 @@ def unbind_conditioning(score: Callable, model_kwargs: Mapping | None, batch: in
         model_kwargs: the user's conditioning, or ``None``.
         batch: ``B``.
         name: the argument's name in error messages.
+        device: as :func:`check_model_kwargs` (bound labels are moved to it).
     Returns:
         ``(score, model_kwargs)``, checked (:func:`check_model_kwargs`).
     Raises:
         ValueError / TypeError: as :func:`check_model_kwargs`; also if a bound
             key collides with one of ``model_kwargs``.
     """
-    model_kwargs = check_model_kwargs(model_kwargs, batch, name)
+    model_kwargs = check_model_kwargs(model_kwargs, batch, name, device)
     unbind = getattr(score, "_sdekit_unbind", None)
     found = unbind() if callable(unbind) else None
     if found is None:
@@ -177,5 +183,7 @@ def unbind_conditioning(score: Callable, model_kwargs: Mapping | None, batch: in
     clash = sorted(set(bound) & set(model_kwargs))
     if clash:
         raise ValueError(f"{name} keys {clash} collide with conditioning bound in the score model")
-    bound = check_model_kwargs(bound, batch, "bound conditioning (guidance labels)")
+    if device is not None:
+        bound = {k: _tree_map(lambda _, v: v.to(device), val, k) for k, val in bound.items()}
+    bound = check_model_kwargs(bound, batch, "bound conditioning (guidance labels)", device)
     return score, {**model_kwargs, **bound}

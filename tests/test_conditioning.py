@@ -197,3 +197,11 @@ def test_flatten_and_rebuild_round_trip():
     assert again["b"]["c"].shape == (2, 2) and again["d"][0].shape == (2,)
     sel = select_model_kwargs(kw, torch.tensor([2, 0]))
     assert torch.equal(sel["a"], torch.tensor([2, 0]))
+
+
+def test_conditioning_on_another_device_is_named_for_the_gathering_paths():
+    labels = torch.zeros(4, dtype=torch.int64, device="meta")
+    with pytest.raises(ValueError, match=r"model_kwargs\['y'\] is on meta but the samples are on cpu"):
+        sdekit.sample(class_score, SDE, (4, D), method="ode", model_kwargs={"y": labels})
+    with pytest.raises(ValueError, match=r"model_kwargs\['y'\] is on meta"):
+        sdekit.log_likelihood(class_score, SDE, torch.zeros(4, D), model_kwargs={"y": labels})

@@ -108,7 +108,7 @@ def log_likelihood(
     if not (0.0 <= eps < sde.T):
         raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps}")
     B, shape = x.shape[0], x.shape[1:]
-    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B)
+    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B, device=x.device)
     flow = sde.probability_flow(score)
     D = x[0].numel()
     n_div = probes if trace == "hutchinson" else 1

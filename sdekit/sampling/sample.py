@@ -229,16 +229,17 @@ def sample(
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
     eps = sde.sampling_eps if eps is None else float(eps)
     B = shape[0]
-    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B)
+    dev = torch.empty(0, device=device).device  # canonical: "cuda" → "cuda:0"
+    if x_init is not None:
+        check_tensor("x_init", x_init)
+        dev, dtype = x_init.device, x_init.dtype
+    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B,
+                                              device=dev if method == "ode" else None)
     if method != "ode":  # fixed-step methods evaluate the whole batch at every call
         score = bind_model_kwargs(score, model_kwargs)
     predictor = PREDICTORS[method](sde, score) if method in PREDICTORS else None
     if denoise:
         check_denoisable(sde)
-    dev = torch.empty(0, device=device).device  # canonical: "cuda" → "cuda:0"
-    if x_init is not None:
-        check_tensor("x_init", x_init)
-        dev, dtype = x_init.device, x_init.dtype
     backend = resolve_backend(backend, dev, dtype)
     idx = _sample_index(sample_index, B, dev, capturable)
     if method == "ode":
