@@ -9,8 +9,11 @@ Public API:
     Solvers:     odeint (fixed-step and adaptive RK, per-sample steps), solve_adaptive, sdeint
     Brownian:    BrownianTree (counter-based, per-sample, same path at every step size)
     Guidance:    classifier_guidance, classifier_free_guidance
+    Conditioning: model_kwargs= of sample / log_likelihood / the adapters, per-sample tensors
+                 gathered with the rows wherever a solver compacts the batch (sdekit.conditioning)
     Reference:   sdekit.testing.GaussianMixture (exact scores and densities)
     Plug-ins:    sdekit.integrations.diffusers_scheduler.SDEScheduler (diffusers),
+                 sdekit.integrations.diffusers_model.score_from_diffusers (diffusers UNets),
                  sdekit.integrations.k_diffusion (k-diffusion samplers)
     Kernels:     sdekit.kernels (fused Triton update steps beside PyTorch references),
                  sdekit.noise (Philox noise keyed by seed, sample index, element, stream)
