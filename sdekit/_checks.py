@@ -8,7 +8,28 @@ any solver loop starts.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
+
+
+def _real(name: str, value) -> float:
+    """``float(value)`` for a real number (Python, NumPy or a one-element tensor); TypeError otherwise."""
+    if isinstance(value, (bool, str, bytes, complex)) or value is None:
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}") from None
+
+
+def check_real(name: str, value) -> float:
+    """Raise unless ``value`` is a finite real number; return it as a float."""
+    v = _real(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v}")
+    return v
 
 
 def check_tensor(name: str, value, *, min_dim: int = 0) -> torch.Tensor:
@@ -35,17 +56,78 @@ def check_finite(name: str, value: torch.Tensor) -> torch.Tensor:
 
 def check_positive(name: str, value: float) -> float:
     """Raise unless ``value`` is a finite number > 0."""
-    value = float(value)
+    value = _real(name, value)
     if not (value > 0.0 and value < float("inf")):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return value
 
 
 def check_positive_int(name: str, value) -> int:
-    """Raise unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+    """Raise unless ``value`` is an integer >= 1 (an integral float such as ``4.0`` is accepted)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        v = int(value)
+    else:
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer >= 1, got bool {value!r}")
+        f = _real(name, value)  # TypeError for strings, None, ...
+        if not (math.isfinite(f) and f == int(f)):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        v = int(f)
+    if v < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+    return v
+
+
+def check_batch(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Raise unless the (already checked) tensor ``value`` has at least one row (``B >= 1``)."""
+    if value.dim() >= 1 and value.shape[0] == 0:
+        raise ValueError(f"{name} must have a batch of at least 1 sample, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_sde(name: str, sde):
+    """Raise ``TypeError`` unless ``sde`` looks like an SDE (``drift``, ``diffusion`` and ``T``)."""
+    if isinstance(sde, (str, bytes)) or not all(
+        hasattr(sde, a) for a in ("drift", "diffusion", "T")
+    ):
+        raise TypeError(
+            f"{name} must be an SDE object (e.g. sdekit.VPSDE()) with drift, diffusion and T, "
+            f"got {type(sde).__name__} {sde!r}"
+        )
+    return sde
+
+
+def check_callable(name: str, value):
+    """Raise ``TypeError`` unless ``value`` is callable."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable (a model or function), got {type(value).__name__}")
+    return value
+
+
+def check_eps(sde, eps) -> float:
+    """Raise unless ``eps`` lies in ``(0, T)`` and (linear SDEs) ``σ(eps) > 0``; return it as a float.
+
+    ``σ`` is evaluated on the host in float64 (no device sync).
+    """
+    e = _real("eps", eps)
+    T = float(sde.T)
+    ok = 0.0 < e < T
+    if ok and callable(getattr(sde, "std", None)):
+        try:
+            ok = bool(sde.std(torch.tensor([e], dtype=torch.float64))[0] > 0)
+        except NotImplementedError:
+            pass
+    if not ok:
+        raise ValueError(f"eps must lie in (0, T) = (0, {T}), where σ(eps) must be > 0; got {eps!r}")
+    return e
+
+
+def check_device(name: str, device) -> torch.device:
+    """The canonical ``torch.device`` for ``device`` (``"cuda"`` → ``cuda:0``); ValueError if unusable."""
+    try:
+        return torch.empty(0, device=device).device
+    except (AssertionError, RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{name}={device!r} is not an available torch device ({e})") from None
 
 
 def check_choice(name: str, value: str, choices) -> str:

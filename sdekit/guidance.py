@@ -35,20 +35,52 @@ classifier-free guidance their tensors are doubled with the batch.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import torch
 
-from ._checks import check_model_output
+from ._checks import check_model_output, check_positive_int, check_real
 from .score_models import checked_score
 
 
 def _finite_scale(scale) -> float:
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale}")
-    return scale
+    return check_real("scale", scale)
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_class_indices(name: str, labels, num_classes: int | None, *, null_label=None, dim1: bool = False) -> None:
+    """Construction-time checks of class-index labels (int or integer tensor).
+
+    Integer dtype; ``dim1``: 0-D or 1-D; values ``>= 0``, ``< num_classes`` when
+    given, and ``!= null_label`` when given.  The value checks of a tensor read
+    it once (a host sync for a device tensor), here at construction only.
+    """
+    if isinstance(labels, torch.Tensor):
+        if labels.dtype not in _INT_DTYPES:
+            hint = " (embeddings need a tensor null_label)" if null_label is not None else ""
+            raise TypeError(f"{name} must be class indices: an int or an integer tensor, got dtype {labels.dtype}{hint}")
+        if dim1 and labels.dim() > 1:
+            raise ValueError(f"{name} must be an int or a (B,) tensor of class indices, got shape {tuple(labels.shape)}")
+        if labels.numel() == 0:
+            raise ValueError(f"{name} must not be empty, got shape {tuple(labels.shape)}")
+        lo, hi = int(labels.min()), int(labels.max())
+    else:
+        lo = hi = int(labels)
+    if lo < 0:
+        raise ValueError(f"{name} must be class indices >= 0, got {lo}")
+    if num_classes is not None and hi >= num_classes:
+        raise ValueError(f"{name} must be class indices in [0, num_classes) = [0, {num_classes}), got {hi}")
+    if null_label is not None:
+        same = bool((labels == null_label).any()) if isinstance(labels, torch.Tensor) else labels == null_label
+        if same:
+            raise ValueError(f"{name} must differ from null_label = {null_label} (the null label is the "
+                             f"unconditional input), got a label equal to it")
+
+
+def _check_num_classes(num_classes) -> int | None:
+    return None if num_classes is None else check_positive_int("num_classes", num_classes)
 
 
 class _OnDevice:
@@ -87,7 +119,9 @@ def _batched(name: str, label, x: torch.Tensor, *, per_sample_ok: bool = True) -
     label = label.on(x.device) if isinstance(label, _OnDevice) else label.to(x.device)
     if label.dim() == 0:
         return label.expand(B)
-    if per_sample_ok and label.shape[0] == B:
+    if not per_sample_ok:  # one label (e.g. a null embedding (E,)) shared by the batch
+        return label.expand((B,) + tuple(label.shape))
+    if label.shape[0] == B:
         return label
     raise ValueError(
         f"{name} has {label.shape[0]} entries but the model was called with a batch of {B}; "
@@ -137,12 +171,16 @@ def _double(value):
 class ClassifierGuidedScore:
     """``s(x, t) + γ ∇ₓ log p_t(y | x)`` — see :func:`classifier_guidance`."""
 
-    def __init__(self, score: Callable, classifier: Callable, labels, scale: float, label_key: str = "y"):
+    def __init__(self, score: Callable, classifier: Callable, labels, scale: float, label_key: str = "y",
+                 num_classes: int | None = None):
         self.score = checked_score(score)
         if not callable(classifier):
             raise TypeError(f"classifier must be callable as classifier(x, t), got {type(classifier).__name__}")
         self.classifier = classifier
+        self.num_classes = _check_num_classes(num_classes)
         self.labels = None if labels is None else _check_label("labels", labels)
+        if labels is not None:
+            _check_class_indices("labels", labels, self.num_classes, dim1=True)
         self.scale = _finite_scale(scale)
         self.label_key = _check_label_key(label_key)
 
@@ -180,12 +218,22 @@ class ClassifierGuidedScore:
 class ClassifierFreeGuided:
     """``γ·model(x, t, y) + (1 − γ)·model(x, t, ∅)`` in one forward — see :func:`classifier_free_guidance`."""
 
-    def __init__(self, model: Callable, labels, scale: float, null_label, label_key: str = "y"):
+    def __init__(self, model: Callable, labels, scale: float, null_label, label_key: str = "y",
+                 num_classes: int | None = None):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, t, y), got {type(model).__name__}")
         self.model = model
+        self.num_classes = _check_num_classes(num_classes)
         self.labels = None if labels is None else _check_label("labels", labels)
         self.null_label = _check_label("null_label", null_label)
+        if isinstance(null_label, int):  # class indices: an int null label (e.g. num_classes)
+            if null_label < 0:
+                raise ValueError(f"null_label must be a class index >= 0, got {null_label}")
+            if labels is not None:
+                _check_class_indices("labels", labels, self.num_classes, null_label=null_label)
+        elif self.num_classes is not None:
+            raise ValueError("num_classes needs an int null_label (class indices); "
+                             "with a tensor null_label the labels are embeddings")
         self.scale = _finite_scale(scale)
         self.label_key = _check_label_key(label_key)
 
@@ -196,6 +244,8 @@ class ClassifierFreeGuided:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
         B = x.shape[0]
         y = _call_labels(self, "labels", model_kwargs, x)
+        if isinstance(self.null_label, int) and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+            raise TypeError(f"labels must be class indices (an integer tensor) with an int null_label, got {y.dtype}")
         null = _batched("null_label", self.null_label, x, per_sample_ok=False)
         if y.shape[1:] != null.shape[1:]:
             raise ValueError(f"null_label must have the shape of one label {tuple(y.shape[1:])}, "
@@ -208,7 +258,7 @@ class ClassifierFreeGuided:
 
 
 def classifier_guidance(score: Callable, classifier: Callable, labels, scale: float = 1.0, *,
-                        label_key: str = "y") -> ClassifierGuidedScore:
+                        label_key: str = "y", num_classes: int | None = None) -> ClassifierGuidedScore:
     """Classifier guidance: the score model ``s(x, t) + γ ∇ₓ log p_t(y | x)``.
 
     Source: seed notes 000 ("Guidance scale"), 001 ("Conditioning v1"), 003
@@ -229,19 +279,25 @@ def classifier_guidance(score: Callable, classifier: Callable, labels, scale: fl
         scale: guidance scale γ (0: unguided; 1: the conditional score).
         label_key: the keyword holding the labels when ``labels`` is ``None``
             (removed before the other keyword arguments go to ``score``).
+        num_classes: optional number of classes ``K``: given labels must lie in ``[0, K)``.
     Returns:
         a score model ``guided(x, t, **model_kwargs)`` → ``(B, *D)``.
     Raises:
-        TypeError: if ``score``/``classifier`` is not callable or ``labels`` is
-            neither an int nor a tensor.
-        ValueError: if ``scale`` is not finite; on call, if the classifier does
-            not return ``(B, K)`` or ``labels`` does not match the batch.
+        TypeError: if ``score``/``classifier`` is not callable, ``labels`` is
+            neither an int nor a tensor, or is a tensor of non-integer dtype,
+            or ``scale`` is not a real number.
+        ValueError: if ``scale`` is not finite, ``labels`` is negative, not 0-D
+            or 1-D, or outside ``[0, num_classes)``, or ``num_classes`` is not
+            an integer >= 1; on call, if the classifier does not return
+            ``(B, K)`` or ``labels`` does not match the batch.  (Labels passed per
+            call in ``model_kwargs`` are checked for dtype and shape only: a
+            value check would need a host sync per call.)
     """
-    return ClassifierGuidedScore(score, classifier, labels, scale, label_key)
+    return ClassifierGuidedScore(score, classifier, labels, scale, label_key, num_classes)
 
 
 def classifier_free_guidance(model: Callable, labels, scale: float, null_label, *,
-                             label_key: str = "y") -> ClassifierFreeGuided:
+                             label_key: str = "y", num_classes: int | None = None) -> ClassifierFreeGuided:
     """Classifier-free guidance: ``γ·model(x, t, y) + (1 − γ)·model(x, t, ∅)``, one batched forward.
 
     Source: seed notes 000 ("Classifier-free-corrected noise prediction"), 001
@@ -261,11 +317,20 @@ def classifier_free_guidance(model: Callable, labels, scale: float, null_label, 
         null_label: the "no label" input ∅: an int or a tensor shaped like one label.
         label_key: the keyword holding the labels when ``labels`` is ``None``;
             the other keyword arguments reach ``model`` with their tensors doubled.
+        num_classes: optional number of classes ``K`` (int ``null_label`` only):
+            given labels must lie in ``[0, K)``; ``null_label`` itself may be ``K``.
     Returns:
         ``guided(x, t, **model_kwargs)`` → ``(B, *D)``, in the model's parameterisation.
     Raises:
-        TypeError: if ``model`` is not callable or a label is neither int nor tensor.
-        ValueError: if ``scale`` is not finite; on call, if the model's output is
-            not ``(2B, *D)`` or ``labels``/``null_label`` do not fit the batch.
+        TypeError: if ``model`` is not callable, a label is neither int nor
+            tensor, ``scale`` is not a real number, or (int ``null_label``:
+            class indices) ``labels`` is a tensor of non-integer dtype.
+        ValueError: if ``scale`` is not finite; with an int ``null_label``, if
+            it is negative, or given ``labels`` are negative, equal to
+            ``null_label`` or outside ``[0, num_classes)``; if ``num_classes`` is
+            given with a tensor ``null_label`` (embeddings) or is not an integer
+            >= 1; on call, if the model's output is not ``(2B, *D)`` or
+            ``labels``/``null_label`` do not fit the batch.  With a tensor
+            ``null_label`` (embeddings) only shapes are checked.
     """
-    return ClassifierFreeGuided(model, labels, scale, null_label, label_key)
+    return ClassifierFreeGuided(model, labels, scale, null_label, label_key, num_classes)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_model_output, expand_as_batch
+from ._checks import check_callable, check_model_output, expand_as_batch
 
 
 def checked_score(score: Callable) -> Callable:
@@ -58,8 +58,11 @@ class _Adapter:
     """Shared plumbing: the SDE, the network and a map from SDE time to network time."""
 
     def __init__(self, model: Callable, sde, time_input: Callable | None = None):
+        check_callable("model", model)
+        if time_input is not None and not callable(time_input):
+            raise TypeError(f"time_input must be None or callable, got {type(time_input).__name__}")
         for name in ("mean_coeff", "std"):
-            if not hasattr(sde, name):
+            if isinstance(sde, (str, bytes)) or not callable(getattr(sde, name, None)):
                 raise TypeError(f"sde must be a linear SDE with {name}(t) (VP, sub-VP, VE), got {sde!r}")
         self.model = model
         self.sde = sde
@@ -94,8 +97,15 @@ class EpsilonScore(_Adapter):
         time_input: optional map from SDE time ``(B,)`` to the network's time
             input (e.g. ``lambda t: 999 * t`` for a DDPM timestep index).
     Raises:
-        TypeError: if ``sde`` has no closed-form marginal.
+        TypeError: if ``model`` (or a given ``time_input``) is not callable, or
+            ``sde`` has no closed-form marginal.
         ValueError (on call): if the network's output has the wrong shape.
+
+    At a time with ``σ(t) = 0`` (``t = 0`` for VP / sub-VP / EDM) the score is
+    undefined and the result is ``±inf``/NaN: checking ``t`` would need a
+    host sync on every call, so it is not checked here.  The samplers and
+    :func:`sdekit.log_likelihood` never evaluate there (they require
+    ``eps > 0`` with ``σ(eps) > 0``).
     """
 
     def __call__(self, x, t, **model_kwargs):
@@ -139,8 +149,11 @@ class DenoiserScore(_Adapter):
         model: ``model(x̃, sigma, **model_kwargs)`` with ``sigma`` of shape ``(B,)`` → ``(B, *D)``.
         sde: linear SDE giving ``m(t)`` and ``σ(t)``.
     Raises:
-        TypeError: if ``sde`` has no closed-form marginal.
+        TypeError: if ``model`` is not callable or ``sde`` has no closed-form marginal.
         ValueError (on call): if the denoiser's output has the wrong shape.
+
+    As for :class:`EpsilonScore`, ``σ(t) = 0`` is not checked (no host sync)
+    and gives a non-finite score.
     """
 
     def __init__(self, model: Callable, sde):

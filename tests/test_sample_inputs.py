@@ -37,7 +37,7 @@ class NonLinearSDE(sdekit.AbstractSDE):
         (dict(steps=0), ValueError, "steps"),
         (dict(snr=-0.1), ValueError, "snr"),
         (dict(corrector_steps=0), ValueError, "corrector_steps"),
-        (dict(eps=1.0), ValueError, r"eps must lie in \[0, T\)"),
+        (dict(eps=1.0), ValueError, r"eps must lie in \(0, T\)"),
         (dict(eps=-0.1), ValueError, "eps"),
         (dict(timesteps=[1.0, 0.5, 0.7]), ValueError, "timesteps must be strictly decreasing"),
         (dict(timesteps=[2.0, 0.5]), ValueError, r"timesteps must lie in \[0, T\]"),

@@ -33,9 +33,11 @@ beyond Brownian motion below the leaf length.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
+from .._checks import check_device, check_positive, check_positive_int, check_real
 from ..noise import check_sample_index, counter_normal_unchecked, split_seed
 from .bridge import interior_values, root_values, split_midpoint
 
@@ -80,19 +82,31 @@ class BrownianTree:
         dtype: dtype of returned tensors (the tree itself is evaluated in float64).
         device: device of returned tensors (default: ``sample_index``'s, else CPU).
     Raises:
-        ValueError: on a bad interval, size, seed, sample_index, depth or tol.
+        ValueError: on a bad interval, size, seed, sample_index, depth, tol or an
+            unavailable ``device``.
+        TypeError: if ``dtype`` is not a floating dtype (an integer dtype would
+            truncate every increment to 0), or ``t0``/``t1``/``tol`` is not a real number.
     """
 
     levy_area_approximation = "space-time"  # torchsde's name for "provides ∫W ds"
 
     def __init__(self, t0, t1, size, *, seed: int, sample_index=None, depth=None, tol=None,
                  dtype=torch.float32, device=None):
-        t0, t1 = float(t0), float(t1)
-        if not (math.isfinite(t0) and math.isfinite(t1) and t1 > t0):
+        t0, t1 = check_real("t0", t0), check_real("t1", t1)
+        if not t1 > t0:
             raise ValueError(f"t0 < t1 must be finite, got t0={t0}, t1={t1}")
-        size = tuple(int(s) for s in size)
-        if len(size) < 1 or any(s < 1 for s in size):
+        try:
+            if isinstance(size, (str, bytes)):
+                raise TypeError
+            size = tuple(check_positive_int("size", s) for s in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"size must be (B, *S) with positive integer entries, got {size!r}") from None
+        if len(size) < 1:
             raise ValueError(f"size must be (B, *S) with positive entries, got {size}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype (Brownian increments are real), got {dtype!r}")
+        if device is not None:
+            device = check_device("device", device)
         self._key = split_seed(seed)
         self.seed = seed
         if sample_index is None:
@@ -103,14 +117,14 @@ class BrownianTree:
         if depth is not None and tol is not None:
             raise ValueError("give depth or tol, not both")
         if tol is not None:
-            if not (float(tol) > 0 and math.isfinite(float(tol))):
-                raise ValueError(f"tol must be a finite number > 0, got {tol}")
-            depth = depth_for_step(t0, t1, float(tol))
+            depth = depth_for_step(t0, t1, check_positive("tol", tol))
         elif depth is None:
             depth = DEFAULT_DEPTH
-        if isinstance(depth, bool) or int(depth) != depth or not 0 <= int(depth) <= MAX_DEPTH:
+        if (isinstance(depth, bool) or not isinstance(depth, numbers.Real)
+                or not math.isfinite(float(depth)) or float(depth) != round(float(depth))
+                or not 0 <= float(depth) <= MAX_DEPTH):
             raise ValueError(f"depth must be an integer in [0, {MAX_DEPTH}], got {depth!r}")
-        self.t0, self.t1, self.depth = t0, t1, int(depth)
+        self.t0, self.t1, self.depth = t0, t1, int(float(depth))
         self.shape = size
         self.dtype = dtype
 

@@ -23,12 +23,17 @@ import math
 
 import torch
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_positive_int, check_real, check_tensor
 
 
 def _bin_width(levels: int, data_range) -> float:
     levels = check_positive_int("levels", levels)
-    lo, hi = (float(v) for v in data_range)
+    try:
+        if isinstance(data_range, (str, bytes)):
+            raise TypeError
+        lo, hi = (check_real("data_range", v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range must be a pair (lo, hi) of finite numbers, got {data_range!r}") from None
     if not hi > lo:
         raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {tuple(data_range)}")
     return (hi - lo) / levels
@@ -45,8 +50,13 @@ def dequantize(k: torch.Tensor, levels: int, data_range=(0.0, 1.0), *, generator
     Returns:
         float tensor of ``k``'s shape (float32 unless ``k`` is floating).
     Raises:
-        ValueError: if ``k`` has values outside ``[0, levels−1]`` or non-integers.
+        ValueError: if ``k`` has values outside ``[0, levels−1]`` or non-integers,
+            ``levels`` is not an integer >= 1, or ``data_range`` is not a pair
+            ``(lo, hi)`` of finite numbers with ``hi > lo``.
+        TypeError: if ``k`` is not a tensor.
     """
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"k must be a torch.Tensor of integer values, got {type(k).__name__}")
     width = _bin_width(levels, data_range)
     kf = k if k.is_floating_point() else k.to(torch.float32)
     if bool(((kf < 0) | (kf > levels - 1) | (kf != kf.round())).any()):
@@ -68,6 +78,7 @@ def bits_per_dim(log_prob: torch.Tensor, dim: int, levels: int, data_range=(0.0,
         ``(B,)`` bits/dim, ``−(log p + D log Δ)/(D ln 2)`` with ``Δ = (hi − lo)/levels``.
     Raises:
         ValueError: on a bad ``dim``, ``levels`` or ``data_range``.
+        TypeError: if ``log_prob`` is not a floating tensor.
     """
     check_tensor("log_prob", log_prob)
     dim = check_positive_int("dim", dim)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_choice, check_finite, check_positive_int, check_tensor
+from .._checks import check_batch, check_choice, check_eps, check_finite, check_positive_int, check_sde, check_tensor
 from ..conditioning import flatten_model_kwargs, unbind_conditioning
 from ..noise import check_sample_index, counter_normal, counter_rademacher
 from ..score_models import checked_score
@@ -95,18 +95,21 @@ def log_likelihood(
     Returns:
         :class:`LikelihoodResult`; ``log_prob`` in nats, shape ``(B,)``.
     Raises:
-        ValueError / TypeError: on a bad argument (named), non-finite ``x``, a
+        ValueError / TypeError: on a bad argument (named), e.g. ``sde`` not an
+            SDE object (TypeError), ``x`` with no rows (``B = 0``), ``eps``
+            outside ``(0, T)`` or with ``σ(eps) = 0``; non-finite ``x``, a
             ``model_kwargs`` tensor whose leading dimension is not ``B``, or a
             score model returning the wrong shape.
         ToleranceNotMetError: if RK45 exceeds ``max_steps``.
     """
+    check_sde("sde", sde)
     check_tensor("x", x, min_dim=2)
+    check_batch("x", x)
     check_finite("x", x)
     check_choice("trace", trace, ("hutchinson", "exact"))
     check_choice("noise", noise, ("rademacher", "gaussian"))
     probes = check_positive_int("probes", probes)
-    if not (0.0 <= eps < sde.T):
-        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps}")
+    eps = check_eps(sde, eps)
     B, shape = x.shape[0], x.shape[1:]
     score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B, device=x.device)
     flow = sde.probability_flow(score)

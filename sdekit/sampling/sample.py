@@ -8,9 +8,13 @@ import torch
 
 from .._checks import (
     check_choice,
+    check_device,
+    check_eps,
     check_finite,
     check_positive,
     check_positive_int,
+    check_real,
+    check_sde,
     check_tensor,
 )
 from ..conditioning import bind_model_kwargs, flatten_model_kwargs, unbind_conditioning
@@ -43,12 +47,21 @@ class SampleResult:
     steps: torch.Tensor
 
 
+def _shape_entry(s) -> int:
+    if isinstance(s, (bool, str, bytes)):
+        raise TypeError
+    v = int(s)
+    if v != s:  # 2.5, nan
+        raise TypeError
+    return v
+
+
 def _check_shape(shape) -> tuple:
     try:
-        if isinstance(shape, str):
+        if isinstance(shape, (str, bytes)):
             raise TypeError
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
+        shape = tuple(_shape_entry(s) for s in shape)
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"shape must be a tuple of ints (B, *D), got {shape!r}") from None
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be (B, *D) with at least 2 positive entries, got {shape}")
@@ -202,7 +215,12 @@ def sample(
     Returns:
         :class:`SampleResult` with ``x`` of shape ``shape`` and per-sample NFE.
     Raises:
-        ValueError / TypeError: on a bad argument (named in the message), a
+        ValueError / TypeError: on a bad argument (named in the message), e.g.
+            ``sde`` not an SDE object (TypeError), ``shape`` with a zero batch,
+            ``steps`` not an integer >= 1 (TypeError for a bool or non-number),
+            ``eps`` outside ``(0, T)`` or with ``σ(eps) = 0`` (VP / sub-VP / EDM
+            at ``t = 0``; VE needs ``eps > 0`` too), a ``device`` that is not
+            available (e.g. ``"cuda"`` without CUDA), a
             non-linear SDE for a method that needs closed forms, a
             ``model_kwargs`` tensor whose leading dimension is not ``B``, or a
             score model returning the wrong shape.
@@ -213,6 +231,7 @@ def sample(
     ``capturable=True``); one per RK45 step for ``"ode"``.
     """
     shape = _check_shape(shape)
+    check_sde("sde", sde)
     check_choice("method", method, METHODS)
     if corrector is not None:
         check_choice("corrector", corrector, tuple(CORRECTORS))
@@ -227,9 +246,14 @@ def sample(
     check_choice("corrector_norm", corrector_norm, ("per_sample", "batch_mean"))
     snr = check_positive("snr", snr)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
-    eps = sde.sampling_eps if eps is None else float(eps)
+    if timesteps is None:
+        steps = check_positive_int("steps", steps)
+        eps = check_eps(sde, sde.sampling_eps if eps is None else eps)
+    else:  # eps is unused: the grid ends at timesteps[-1]
+        eps = check_real("eps", sde.sampling_eps if eps is None else eps)
+    max_steps = check_positive_int("max_steps", max_steps)
     B = shape[0]
-    dev = torch.empty(0, device=device).device  # canonical: "cuda" → "cuda:0"
+    dev = check_device("device", device)  # canonical: "cuda" → "cuda:0"
     if x_init is not None:
         check_tensor("x_init", x_init)
         dev, dtype = x_init.device, x_init.dtype

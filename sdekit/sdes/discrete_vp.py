@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_finite, check_tensor
+from .._checks import check_finite, check_positive, check_tensor
 from .vp import BetaScheduleSDE
 
 
@@ -42,7 +42,8 @@ class DiscreteVPSDE(BetaScheduleSDE):
         ValueError: if ``alphas_cumprod`` is not 1-D, not finite, leaves
             ``(0, 1]``, increases, or never drops below 1.  (A zero-terminal-SNR
             schedule with ``ᾱ_{N−1} = 0`` has no finite ``B(T)`` and is rejected.)
-        TypeError: if it is not a floating tensor.
+        ValueError: if ``T`` is not a finite number > 0.
+        TypeError: if ``alphas_cumprod`` is not a floating tensor, or ``T`` is not a real number.
 
     ``sampling_eps`` is ``T/N``, the time of timestep 0; the prior is ``N(0, I)``.
     """
@@ -58,9 +59,7 @@ class DiscreteVPSDE(BetaScheduleSDE):
             raise ValueError("alphas_cumprod must be non-increasing (betas >= 0)")
         if not float(ac[-1]) < 1.0:
             raise ValueError("alphas_cumprod must drop below 1 (some beta > 0)")
-        if not T > 0:
-            raise ValueError(f"T must be > 0, got {T}")
-        self.T = float(T)
+        self.T = check_positive("T", T)
         self.num_timesteps = ac.numel()
         self.sampling_eps = self.T / self.num_timesteps
         self.alphas_cumprod = ac

@@ -24,6 +24,7 @@ class EDMSDE(AbstractLinearSDE):
         sigma_max: horizon ``T`` and prior scale (EDM's 80): prior ``N(0, σ_max² I)``.
     Raises:
         ValueError: unless ``0 < sigma_min < sigma_max`` (both finite).
+        TypeError: if either is not a real number (e.g. a string).
     """
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._checks import check_positive
+from .._checks import check_positive, check_real
 from .base import AbstractLinearSDE, gaussian_log_prob
 
 
@@ -24,15 +24,14 @@ class OrnsteinUhlenbeck(AbstractLinearSDE):
         T: time horizon, default 1.
 
     Raises:
-        ValueError: if ``theta``, ``sigma`` or ``T`` is not positive, or ``mu`` is not finite.
+        ValueError: if ``theta``, ``sigma`` or ``T`` is not a finite number > 0, or ``mu`` is not finite.
+        TypeError: if any of them is not a real number (e.g. a string).
     """
 
     def __init__(self, theta: float, sigma: float, mu: float = 0.0, T: float = 1.0):
         self.theta = check_positive("theta", theta)
         self.sigma = check_positive("sigma", sigma)
-        if not math.isfinite(mu):
-            raise ValueError(f"mu must be finite, got {mu}")
-        self.mu = float(mu)
+        self.mu = check_real("mu", mu)
         self.T = check_positive("T", T)
 
     @property

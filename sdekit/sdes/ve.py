@@ -22,7 +22,8 @@ class VESDE(AbstractLinearSDE):
 
     Raises:
         ValueError: if ``sigma_min``/``sigma_max``/``T`` are not positive or
-            ``sigma_max <= sigma_min``.
+            ``sigma_max <= sigma_min`` (all must be finite).
+        TypeError: if any of them is not a real number (e.g. a string).
     """
 
     sampling_eps = 1e-5

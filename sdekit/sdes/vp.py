@@ -53,7 +53,8 @@ class VPSDE(BetaScheduleSDE):
 
     Raises:
         ValueError: if ``beta_min``/``beta_max``/``T`` are not positive or
-            ``beta_max < beta_min``.
+            ``beta_max < beta_min`` (all must be finite).
+        TypeError: if any of them is not a real number (e.g. a string).
     """
 
     sampling_eps = 1e-3

@@ -20,7 +20,15 @@ from typing import Callable
 
 import torch
 
-from .._checks import check_finite, check_positive, check_positive_int, check_tensor, expand_as_batch
+from .._checks import (
+    check_batch,
+    check_callable,
+    check_finite,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    expand_as_batch,
+)
 from ..kernels.backend import resolve_backend
 from ..kernels.rk import rk_combine_triton
 from .controller import PI_CONTROLLER, StepController, batch_invariant_pow
@@ -124,11 +132,16 @@ def solve_adaptive(
     Returns:
         :class:`AdaptiveSolution` with the end state, per-sample counts and ``ys``.
     Raises:
-        ValueError: on non-finite ``y0``, bad tolerances, ``max_steps`` or ``args``.
+        ValueError: on non-finite ``y0`` or one with no rows (``B = 0``), bad
+            tolerances, ``max_steps`` or ``args``.
+        TypeError: ``func`` not callable, ``y0`` not a floating tensor, a
+            tolerance that is not a real number.
         ToleranceNotMetError: if some sample has not reached ``t1`` after
             ``max_steps`` attempts (the message says how many and where).
     """
+    check_callable("func", func)
     check_tensor("y0", y0, min_dim=1)
+    check_batch("y0", y0)
     check_finite("y0", y0)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     max_steps = check_positive_int("max_steps", max_steps)

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_choice, check_finite, check_model_output, check_positive, check_positive_int, check_tensor
+from .._checks import (
+    check_batch,
+    check_callable,
+    check_choice,
+    check_finite,
+    check_model_output,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
 from .adaptive import solve_adaptive
 from .controller import PI_CONTROLLER, StepController
 from .fixed import solve_fixed
@@ -99,9 +108,12 @@ def odeint(
         ValueError: unknown ``method`` or ``options`` key, missing or non-positive
             ``step_size`` for a fixed-step method, bad tolerances, non-finite ``y0``,
             ``t`` not 1-D, not finite or not strictly monotone, ``func`` returning
-            a wrong shape.
+            a wrong shape, a per-sample ``y0`` with no rows (``B = 0``), ``max_steps``
+            not an integer >= 1.
+        TypeError: ``func`` not callable, ``y0`` not a floating tensor.
         ToleranceNotMetError: an adaptive method needs more than ``max_steps`` attempts.
     """
+    check_callable("func", func)
     check_tensor("y0", y0)
     check_finite("y0", y0)
     check_choice("method", method, TABLEAUS)
@@ -117,6 +129,8 @@ def odeint(
         per_sample = y0.dim() >= 2
     if per_sample and y0.dim() < 1:
         raise ValueError("per_sample=True needs y0 with a batch dimension (B, *S)")
+    if per_sample:
+        check_batch("y0", y0)
 
     if per_sample:
         batched, shape = y0, None

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._checks import check_finite, check_positive, check_tensor
+from .._checks import check_batch, check_finite, check_positive, check_tensor
 from ..brownian import BrownianTree, CallableBrownian, SequentialBrownian, depth_for_step
 from .sde import as_problem, default_method, resolve
 
@@ -136,12 +136,13 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str | None = None, dt: float = 1e-
     Returns:
         ``(len(ts), B, *D)`` in ``y0``'s dtype, with ``out[0] = y0``.
     Raises:
-        ValueError: non-finite ``y0``; ``dt <= 0``; ``ts`` not 1-D, not finite or not strictly
+        ValueError: non-finite ``y0`` or one with no rows (``B = 0``); ``dt <= 0``; ``ts`` not 1-D, not finite or not strictly
             increasing; an unknown method; a method that does not support the SDE's noise
             type or SDE type (the message names both); ``f`` / ``g`` returning the wrong
             shape or non-finite values at ``(ts[0], y0)``; a ``bm`` of the wrong shape or span;
             more than one of ``bm`` / ``seed`` / ``generator``; unsupported torchsde options.
-        TypeError: ``y0`` not a floating tensor, or ``sde`` following neither protocol.
+        TypeError: ``y0`` not a floating tensor, ``dt`` not a real number, or ``sde``
+            following neither protocol.
     """
     if adaptive:
         raise ValueError("adaptive=True is not supported: sdekit's SDE solvers take fixed steps of at most dt")
@@ -152,6 +153,7 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str | None = None, dt: float = 1e-
     if options is not None and not set(options) <= {"grad_free"}:
         raise ValueError(f"options may only hold 'grad_free', got {sorted(options)}")
     check_tensor("y0", y0, min_dim=1)
+    check_batch("y0", y0)
     check_finite("y0", y0)
     dt = check_positive("dt", dt)
     times = _check_ts(ts)
