@@ -104,10 +104,12 @@ def check_callable(name: str, value):
     return value
 
 
+@torch.compiler.disable
 def check_eps(sde, eps) -> float:
     """Raise unless ``eps`` lies in ``(0, T)`` and (linear SDEs) ``σ(eps) > 0``; return it as a float.
 
-    ``σ`` is evaluated on the host in float64 (no device sync).
+    ``σ`` is evaluated on the host in float64 (no device sync); excluded from
+    ``torch.compile`` tracing (host validation, read with ``.item()``-like conversion).
     """
     e = _real("eps", eps)
     T = float(sde.T)
