@@ -109,3 +109,31 @@ def bad_cond(kind):
     if kind == "late_short":  # right for batches below index 4, one row short from there on
         return lambda idx: {"y": torch.remainder(idx, 10)[: len(idx) - (int(idx[-1]) >= 4)]}
     raise ValueError(kind)
+
+
+# --- two jobs racing on one directory (tests/test_jobs_integrity.py) --------------------------------------
+RACE_JOB = dict(EM_SAMPLE, num_samples=24, shard_size=4, batch_size=4)
+
+
+def race_main(out, seed, ready, go):
+    """One racer: import everything, write ``ready``, wait for ``go`` to exist, run the job in ``out``.
+
+    Prints ``OK <seed>`` (exit 0) or ``REFUSED <ErrorType>: <message>`` (exit 3).
+    """
+    import time
+
+    from sdekit.jobs import ConfigMismatchError, OutputDirectoryBusyError, run_sample_job
+
+    with open(ready, "w") as f:
+        f.write("ready")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            raise SystemExit("no go signal")
+        time.sleep(0.0005)
+    try:
+        run_sample_job(out, **dict(RACE_JOB, seed=int(seed)))
+    except (OutputDirectoryBusyError, ConfigMismatchError) as err:
+        print(f"REFUSED {type(err).__name__}: {err}", flush=True)
+        raise SystemExit(3) from None
+    print(f"OK {seed}", flush=True)

@@ -7,13 +7,16 @@
   :mod:`sdekit.jobs.sample_job` for the batch-invariance requirement on the model).
 * Per-sample conditioning by global sample index (``cond=``, ``--cond``):
   :mod:`sdekit.jobs.conditioning`.
-* Layout, resume and checksums: :mod:`sdekit.jobs.runner`; faults: :mod:`sdekit.jobs.fault_policy`.
+* Layout, resume, checksums and the trust model: :mod:`sdekit.jobs.runner`; one job per
+  directory at a time: :mod:`sdekit.jobs.lock`; faults: :mod:`sdekit.jobs.fault_policy`.
 """
 
 from ..faults import Fault, NonFiniteError
 from .config import ConfigMismatchError
 from .likelihood_job import run_likelihood_job
+from .lock import OutputDirectoryBusyError
 from .runner import JobResult
 from .sample_job import run_sample_job
 
-__all__ = ["ConfigMismatchError", "Fault", "JobResult", "NonFiniteError", "run_likelihood_job", "run_sample_job"]
+__all__ = ["ConfigMismatchError", "Fault", "JobResult", "NonFiniteError", "OutputDirectoryBusyError",
+           "run_likelihood_job", "run_sample_job"]

@@ -4,10 +4,12 @@ Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT`` in the environment), a job joins the default
 process group (NCCL when the job runs on CUDA, gloo on the CPU).  Without
 those variables, and no process group already initialised, it is one rank.
-The only collective a job calls is :meth:`DistContext.barrier`, after every
-rank has written its shards: no collective depends on how many function
-evaluations a rank's samples took, so adaptive solvers cannot hang ranks
-that finish early (they simply wait there).
+A job calls two collectives: :meth:`DistContext.broadcast` once at the start,
+before any work (rank 0 tells the others whether it took the directory's lock
+and accepted the manifest, :mod:`sdekit.jobs.lock`), and
+:meth:`DistContext.barrier` after every rank has written its shards.  Neither
+depends on how many function evaluations a rank's samples took, so adaptive
+solvers cannot hang ranks that finish early (they simply wait there).
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ class DistContext:
         """Wait for every rank (no-op for one rank)."""
         if self.world_size > 1:
             dist.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` (any picklable object), on every rank (``obj`` itself for one rank)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def join(device: str = "cpu", timeout_s: float = 7200.0) -> DistContext:
     """Join the job's process group (or run as one rank) and pick this rank's device.

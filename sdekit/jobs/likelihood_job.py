@@ -100,6 +100,8 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
         ValueError / TypeError: on a bad argument (named) or data of the wrong kind.
         ConfigMismatchError: if ``out_dir`` holds a job with another configuration
             (``cond`` and ``cond_kwargs`` included).
+        OutputDirectoryBusyError: if another job is running in ``out_dir``
+            (names the directory and the holder's pid and host; :mod:`sdekit.jobs.lock`).
         TypeError / ValueError: naming the conditioning factory, if it returns no
             callable, or a conditioner's output is not a mapping of ``(b, …)`` tensors.
         NonFiniteError: under ``on_nonfinite="raise"``, with row index, evaluation and ``t``.
@@ -120,8 +122,12 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
     cond = build_conditioning(config.get("cond"), ctx.device)
     data = data.to(device=ctx.device, dtype=DTYPES[config["dtype"]])
     compute = _shard_computer(config, score, sde, cond, data, batch_size, ctx.device)
+    dt = config["dtype"]
+    tensors: dict[str, tuple[str, list[int]]] = {  # what every shard holds (checked on resume)
+        "sample_index": ("int64", []), "log_prob": (dt, []), "stderr": (dt, []),
+        "prior_log_prob": (dt, []), "nfe": ("int64", [])}
     spec = JobSpec("loglik", config, n, config["shard_size"], "log_likelihood.pt", compute,
-                   lambda merged, faults: _summarize(merged, faults, config))
+                   lambda merged, faults: _summarize(merged, faults, config), tensors)
     return run_job(out_dir, spec, ctx)
 
 

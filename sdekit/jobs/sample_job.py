@@ -105,6 +105,8 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
         ValueError / TypeError: on a bad argument (named).
         ConfigMismatchError: if ``out_dir`` holds a job with another configuration
             (also another ``cond`` or ``cond_kwargs``, or one with and one without).
+        OutputDirectoryBusyError: if another job is running in ``out_dir``
+            (names the directory and the holder's pid and host; :mod:`sdekit.jobs.lock`).
         TypeError / ValueError: naming the conditioning factory, if it returns no
             callable, or a conditioner's output is not a mapping of ``(b, …)`` tensors.
         NonFiniteError: under ``on_nonfinite="raise"``, with sample index, step and ``t``.
@@ -116,8 +118,11 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
     score, sde = build("model", config["model"]), build_sde(config["sde"])
     cond = build_conditioning(config.get("cond"), ctx.device)
     compute = _shard_computer(config, score, sde, cond, batch_size, ctx.device)
+    tensors: dict[str, tuple[str, list[int]]] = {  # what every shard holds (checked on resume)
+        "sample_index": ("int64", []), "x": (config["dtype"], list(config["shape"])),
+        "nfe": ("int64", []), "steps": ("int64", [])}
     spec = JobSpec("sample", config, config["num_samples"], config["shard_size"], "samples.pt", compute,
-                   _summarize)
+                   _summarize, tensors)
     return run_job(out_dir, spec, ctx)
 
 

@@ -5,7 +5,10 @@ fsync of the directory (POSIX rename atomicity; the directory fsync makes
 the rename itself durable).  Tensors are stored with ``torch.save`` (its
 bytes are a deterministic function of the tensors) and read back with
 ``torch.load(weights_only=True)``; the sha256 of the file bytes is the
-checksum recorded in the manifest.
+checksum recorded in the shard's record.  :func:`load_tensors` never
+raises on a bad file (wrong checksum, truncated, not a ``torch.save`` file,
+a pickle that ``weights_only=True`` refuses to run): it returns ``None``, so
+the job computes the shard again.
 """
 
 from __future__ import annotations
@@ -43,6 +46,35 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists: ``True`` if this call created it.
+
+    The bytes go to a temporary file first, which is then hard-linked to
+    ``path`` (``os.link`` fails if ``path`` exists), so of several racing
+    callers exactly one creates the file and nobody ever sees it half written.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(tmp)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 digest (64 characters) of ``data``: the checksum recorded for each shard file."""
     return hashlib.sha256(data).hexdigest()
@@ -72,7 +104,11 @@ def save_tensors(path: str, tensors: dict) -> str:
 
 
 def load_tensors(path: str, sha256: str) -> dict | None:
-    """The tensors in ``path`` if its bytes have checksum ``sha256``, else ``None`` (missing, truncated, corrupt)."""
+    """The tensors in ``path`` if its bytes have checksum ``sha256`` and load, else ``None`` (never raises).
+
+    ``None`` for a missing, truncated or corrupt file, and for one that
+    ``torch.load(weights_only=True)`` refuses (e.g. a pickle that would run code).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -80,7 +116,11 @@ def load_tensors(path: str, sha256: str) -> dict | None:
         return None
     if sha256_bytes(data) != sha256:
         return None
-    return torch.load(io.BytesIO(data), weights_only=True)
+    try:
+        tensors = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception:  # noqa: BLE001 -- UnpicklingError, RuntimeError, EOFError, ...: not our file, recompute
+        return None
+    return tensors if isinstance(tensors, dict) else None
 
 
 def write_json(path: str, obj) -> None:
