@@ -32,6 +32,7 @@ __all__ = [
     "bind_model_kwargs",
     "check_model_kwargs",
     "flatten_model_kwargs",
+    "map_model_kwargs",
     "select_model_kwargs",
     "unbind_conditioning",
 ]
@@ -47,6 +48,15 @@ def _tree_map(fn: Callable[[str, torch.Tensor], Any], value, path: str):
         items = [_tree_map(fn, v, f"{path}[{i}]") for i, v in enumerate(value)]
         return type(value)(items) if isinstance(value, list) or type(value) is tuple else type(value)(*items)
     return value
+
+
+def map_model_kwargs(fn: Callable[[torch.Tensor], torch.Tensor], model_kwargs: Mapping) -> dict:
+    """``model_kwargs`` with ``fn`` applied to every tensor leaf (nested dicts/lists/tuples kept; others unchanged).
+
+    E.g. classifier-free guidance doubles the conditioning for the batch ``[x; x]``:
+    ``map_model_kwargs(lambda v: torch.cat([v, v]), kw)``.
+    """
+    return {k: _tree_map(lambda _, v: fn(v), val, k) for k, val in model_kwargs.items()}
 
 
 def check_model_kwargs(model_kwargs, batch: int, name: str = "model_kwargs", device=None) -> dict:
@@ -102,8 +112,7 @@ def select_model_kwargs(model_kwargs: Mapping, index: torch.Tensor) -> dict:
     Returns:
         a new dict with tensors of shape ``(b, …)``; other values unchanged.
     """
-    return {k: _tree_map(lambda _, v: v.index_select(0, index.to(v.device)), val, k)
-            for k, val in model_kwargs.items()}
+    return map_model_kwargs(lambda v: v.index_select(0, index.to(v.device)), model_kwargs)
 
 
 def flatten_model_kwargs(model_kwargs: Mapping) -> tuple[tuple, Callable[[tuple], dict]]:
@@ -184,6 +193,6 @@ def unbind_conditioning(score: Callable, model_kwargs: Mapping | None, batch: in
     if clash:
         raise ValueError(f"{name} keys {clash} collide with conditioning bound in the score model")
     if device is not None:
-        bound = {k: _tree_map(lambda _, v: v.to(device), val, k) for k, val in bound.items()}
+        bound = map_model_kwargs(lambda v: v.to(device), bound)
     bound = check_model_kwargs(bound, batch, "bound conditioning (guidance labels)", device)
     return score, {**model_kwargs, **bound}

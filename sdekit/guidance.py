@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 
 from ._checks import check_model_output, check_positive_int, check_real
+from .conditioning import map_model_kwargs
 from .score_models import checked_score
 
 
@@ -157,17 +158,6 @@ def _unbind_labels(owner):
     return clone, {BOUND_LABELS: labels}
 
 
-def _double(value):
-    """Conditioning for the doubled batch ``[x; x]``: every tensor leaf concatenated with itself."""
-    if isinstance(value, torch.Tensor):
-        return torch.cat([value, value])
-    if isinstance(value, dict):
-        return {k: _double(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_double(v) for v in value)
-    return value
-
-
 class ClassifierGuidedScore:
     """``s(x, t) + γ ∇ₓ log p_t(y | x)`` — see :func:`classifier_guidance`."""
 
@@ -251,7 +241,8 @@ class ClassifierFreeGuided:
             raise ValueError(f"null_label must have the shape of one label {tuple(y.shape[1:])}, "
                              f"got {tuple(null.shape[1:])}")
         x2 = torch.cat([x, x])
-        out = self.model(x2, torch.cat([t, t]), torch.cat([y, null.to(y.dtype)]), **_double(model_kwargs))
+        doubled = map_model_kwargs(lambda v: torch.cat([v, v]), model_kwargs)  # the rest of the conditioning
+        out = self.model(x2, torch.cat([t, t]), torch.cat([y, null.to(y.dtype)]), **doubled)
         out = check_model_output("guided model", out, x2)
         cond, uncond = out[:B], out[B:]
         return torch.lerp(uncond, cond, self.scale)  # uncond + γ (cond − uncond)
