@@ -16,14 +16,29 @@ device and float dtype) and ``*_triton`` (CUDA, or CPU under
 :func:`resolve_backend` (``backend=`` argument or ``$SDEKIT_BACKEND``).
 
 This package lives in the repository's top-level ``kernels/`` folder and is
-installed as ``sdekit.kernels`` (never as a top-level ``kernels``).
+installed as ``sdekit.kernels`` (never as a top-level ``kernels``).  Importing
+it does not import Triton: that happens when a backend is first resolved for
+CUDA data (or ``backend="triton"``), and the kernels are compiled (or, under
+``TRITON_INTERPRET=1``, built for the interpreter) at their first launch.
+``HAS_TRITON`` and ``INTERPRETED`` are computed on first access.
 """
 
-from ._triton import HAS_TRITON, INTERPRETED
+from typing import Any
+
 from .affine import affine_update, affine_update_ref, affine_update_triton, normal
 from .backend import BACKENDS, ENV_VAR, resolve_backend
 from .langevin import langevin_step, langevin_step_ref, langevin_step_triton
 from .rk import MAX_STAGES, rk_combine, rk_combine_ref, rk_combine_triton
+
+
+def __getattr__(name: str) -> Any:
+    """``HAS_TRITON`` (Triton imports) and ``INTERPRETED`` (its interpreter builds the kernels), on first access."""
+    if name in ("HAS_TRITON", "INTERPRETED"):
+        from . import _triton
+
+        return getattr(_triton, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",

@@ -22,54 +22,8 @@ import torch
 from sdekit.noise import counter_normal_unchecked
 
 from ._args import Coef, NoiseKey, check_data, check_out, coef, compute_dtype, noise_key
-from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_index, tile_shape, tl, triton
+from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
 from .backend import resolve_backend
-
-if HAS_TRITON:
-    from .philox import key_words, normal_tile
-
-    @triton.jit
-    def load_coef(v, stride, rows, row_ok, IS_VEC: tl.constexpr):
-        """A coefficient as a ``(BLOCK_S, 1)`` float32 column: a scalar argument, or loaded per sample."""
-        if IS_VEC:
-            col = tl.load(v + rows * stride, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-        else:
-            col = tl.zeros((rows.shape[0], 1), tl.float32) + v
-        return col
-
-    # Key words and stream are data, not compile-time constants (Triton would specialise a 1).
-    @triton.jit(do_not_specialize=["k0", "k1", "stream"])
-    def _affine_kernel(
-        out_ptr, mean_ptr, x_ptr, s_ptr, z_ptr, idx_ptr,
-        a, b, c, d, a_stride, b_stride, c_stride, d_stride,
-        B, N, chunks, k0, k1, stream,
-        A_VEC: tl.constexpr, B_VEC: tl.constexpr, C_VEC: tl.constexpr, D_VEC: tl.constexpr,
-        HAS_X: tl.constexpr, HAS_S: tl.constexpr, HAS_D: tl.constexpr,
-        NOISE: tl.constexpr, WRITE_MEAN: tl.constexpr,
-        BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
-    ):
-        # NOISE: 0 none, 1 Philox in the kernel, 2 z read from z_ptr.
-        k, rows, _cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
-        acc = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
-        if HAS_X:
-            xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            acc = load_coef(a, a_stride, rows, row_ok, A_VEC) * xv
-        if HAS_S:
-            sv = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            acc = acc + load_coef(b, b_stride, rows, row_ok, B_VEC) * sv
-        if HAS_D:
-            acc = acc + load_coef(d, d_stride, rows, row_ok, D_VEC)
-        if WRITE_MEAN:
-            tl.store(mean_ptr + offs, acc.to(mean_ptr.dtype.element_ty), mask=mask)
-        if NOISE == 1:
-            kw0, kw1, st = key_words(k0, k1, stream)
-            sample = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.uint32)
-            z = normal_tile(k, sample, st, kw0, kw1, BLOCK_S, BLOCK_E)
-            acc = acc + load_coef(c, c_stride, rows, row_ok, C_VEC) * z
-        elif NOISE == 2:
-            z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            acc = acc + load_coef(c, c_stride, rows, row_ok, C_VEC) * z
-        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out):
@@ -149,8 +103,7 @@ def affine_update_triton(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=No
 
     Non-contiguous ``x``/``s``/``z`` are copied to contiguous memory first.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("affine_update_triton needs Triton (pip install 'sdekit[triton]'); use affine_update_ref")
+    require_triton("affine_update_triton", "affine_update_ref")
     coefs, noise = _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out)
     check_kernel_tensor("x", x)
     check_kernel_tensor("s", s, x)
@@ -162,12 +115,14 @@ def affine_update_triton(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=No
 
 def _launch(new, mean, x, s, coefs: dict[str, Coef], noise):
     """Launch the affine kernel; ``x`` or ``s`` may be ``None`` (then ``a`` or ``b`` is unused)."""
+    from ._affine_kernel import _affine_kernel  # imports Triton (once)
+
     B = new.shape[0]
     N = new.numel() // B
     if N >= 2**31:
         raise ValueError(f"each sample must have fewer than 2**31 elements, got {N}")
     BLOCK_S, BLOCK_E = tile_shape(N)
-    chunks = triton.cdiv(N, BLOCK_E)
+    chunks = cdiv(N, BLOCK_E)
     k0 = k1 = stream = 0
     z = idx = None
     mode = 0
@@ -180,7 +135,7 @@ def _launch(new, mean, x, s, coefs: dict[str, Coef], noise):
         check_kernel_tensor("z", z, new)
     ref = new  # placeholder for pointers a constexpr flag leaves unused
     args = [coefs[n].value for n in "abcd"] + [coefs[n].stride for n in "abcd"]
-    grid = (triton.cdiv(B, BLOCK_S) * chunks,)
+    grid = (cdiv(B, BLOCK_S) * chunks,)
     _affine_kernel[grid](
         new, mean if mean is not None else ref, x if x is not None else ref, s if s is not None else ref,
         z if z is not None else ref, idx if idx is not None else ref,

@@ -6,6 +6,10 @@ no Triton).  ``"triton"`` forces the kernels (and raises if they cannot run),
 ``"torch"`` forces the references.  ``None`` reads the ``SDEKIT_BACKEND``
 environment variable (default ``"auto"``), so a whole program can be switched
 without touching its calls.
+
+Triton is imported here (once) only when the answer depends on it: for CUDA
+data of a kernel dtype, or ``"triton"`` asked for; CPU data, float64 and
+``"torch"`` never import it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 
 import torch
 
-from ._triton import HAS_TRITON, INTERPRETED, KERNEL_DTYPES
+from ._triton import KERNEL_DTYPES, interpreted, triton_available
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "SDEKIT_BACKEND"
@@ -38,13 +42,15 @@ def resolve_backend(backend, device, dtype) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"{name} must be one of {list(BACKENDS)}, got {backend!r}")
     device = torch.device(device)
-    usable = HAS_TRITON and dtype in KERNEL_DTYPES and (device.type == "cuda" or (INTERPRETED and device.type == "cpu"))
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if usable and device.type == "cuda" else "torch"
+        # the cheap tests first: triton_available() imports Triton (once)
+        return "triton" if device.type == "cuda" and dtype in KERNEL_DTYPES and triton_available() else "torch"
+    has_triton = triton_available()
+    usable = has_triton and dtype in KERNEL_DTYPES and (device.type == "cuda" or (interpreted() and device.type == "cpu"))
     if not usable:
-        why = ("Triton does not import" if not HAS_TRITON else
+        why = ("Triton does not import" if not has_triton else
                f"dtype {dtype} is not float32/float16/bfloat16" if dtype not in KERNEL_DTYPES else
                f"device {device} is not CUDA (set TRITON_INTERPRET=1 before importing sdekit to interpret on the CPU)")
         raise RuntimeError(f"backend='triton' cannot run here: {why}")

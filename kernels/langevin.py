@@ -19,30 +19,9 @@ from __future__ import annotations
 import torch
 
 from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
-from ._triton import HAS_TRITON, NUM_WARPS, as_int32_word, check_kernel_tensor, tile_index, tile_shape, tl, triton
+from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
 from .affine import _launch, _ref_normal
 from .backend import resolve_backend
-from .reduce import row_sum
-
-if HAS_TRITON:
-    from .philox import key_words, normal_tile
-
-    # Key words and stream are data, not compile-time constants (Triton would specialise a 1).
-    @triton.jit(do_not_specialize=["k0", "k1", "stream"])
-    def _sq_norms_kernel(part_ptr, s_ptr, z_ptr, idx_ptr, B, N, chunks, k0, k1, stream,
-                         NOISE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
-        # part[0, b, k] = Σ s², part[1, b, k] = Σ z² over chunk k of sample b.  NOISE: 1 Philox, 2 read z.
-        k, rows, _cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
-        s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if NOISE == 1:
-            kw0, kw1, st = key_words(k0, k1, stream)
-            sample = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.uint32)
-            z = tl.where(mask, normal_tile(k, sample, st, kw0, kw1, BLOCK_S, BLOCK_E), 0.0)
-        else:
-            z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        part = rows.to(tl.int64) * chunks + k
-        tl.store(part_ptr + part, tl.sum(s * s, axis=1), mask=row_ok)
-        tl.store(part_ptr + B * chunks + part, tl.sum(z * z, axis=1), mask=row_ok)
 
 
 def step_size(s_norm: torch.Tensor, z_norm: torch.Tensor, snr: float, alpha, per_sample_norm: bool) -> torch.Tensor:
@@ -117,8 +96,10 @@ def langevin_step_triton(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=Non
     Raises:
         ValueError / TypeError: on a bad argument (named), as :func:`affine_update_triton`.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("langevin_step_triton needs Triton (pip install 'sdekit[triton]'); use langevin_step_ref")
+    require_triton("langevin_step_triton", "langevin_step_ref")
+    from ._langevin_kernel import _sq_norms_kernel  # imports Triton (once)
+    from .reduce import row_sum
+
     alpha, noise = _inputs(x, s, snr, alpha, seed, sample_index, stream, z, out)
     check_kernel_tensor("x", x)
     check_kernel_tensor("s", s, x)
@@ -126,7 +107,7 @@ def langevin_step_triton(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=Non
     B = x.shape[0]
     N = x.numel() // B
     BLOCK_S, BLOCK_E = tile_shape(N)
-    chunks = triton.cdiv(N, BLOCK_E)
+    chunks = cdiv(N, BLOCK_E)
     part = torch.empty((2, B, chunks), dtype=torch.float32, device=x.device)
     if noise[0] == "key":
         key = noise[1]
@@ -137,7 +118,7 @@ def langevin_step_triton(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=Non
         check_kernel_tensor("z", zt, x)
         idx, mode, k0, k1, st = part, 2, 0, 0, 0
         noise = ("z", zt)
-    _sq_norms_kernel[(triton.cdiv(B, BLOCK_S) * chunks,)](
+    _sq_norms_kernel[(cdiv(B, BLOCK_S) * chunks,)](
         part, s, zt, idx, B, N, chunks, k0, k1, st, NOISE=mode, BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E,
         num_warps=NUM_WARPS)
     norms = row_sum(part.view(2 * B, chunks)).view(2, B).sqrt()

@@ -24,57 +24,10 @@ import math
 import torch
 
 from ._args import check_data, check_out, coef, compute_dtype
-from ._triton import HAS_TRITON, NUM_WARPS, check_kernel_tensor, tile_index, tile_shape, tl, triton
+from ._triton import NUM_WARPS, cdiv, check_kernel_tensor, require_triton, tile_shape
 from .backend import resolve_backend
-from .reduce import row_sum
 
 MAX_STAGES = 12
-
-if HAS_TRITON:
-    from .affine import load_coef
-
-    @triton.jit
-    def _stage(acc_b, acc_e, k_ptr, offs, mask, bw, ew, USE_B: tl.constexpr, USE_E: tl.constexpr):
-        if USE_B or USE_E:
-            kv = tl.load(k_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            if USE_B:
-                acc_b = acc_b + bw * kv
-            if USE_E:
-                acc_e = acc_e + ew * kv
-        return acc_b, acc_e
-
-    @triton.jit
-    def _rk_kernel(
-        ynew_ptr, part_ptr, y_ptr,
-        k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11,
-        b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11,
-        e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11,
-        h, h_stride, rtol, atol, B, N, chunks,
-        BMASK: tl.constexpr, EMASK: tl.constexpr, H_VEC: tl.constexpr,
-        BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
-    ):
-        k, rows, _cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
-        acc_b = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
-        acc_e = tl.zeros((BLOCK_S, BLOCK_E), tl.float32)
-        acc_b, acc_e = _stage(acc_b, acc_e, k0, offs, mask, b0, e0, (BMASK >> 0) & 1, (EMASK >> 0) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k1, offs, mask, b1, e1, (BMASK >> 1) & 1, (EMASK >> 1) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k2, offs, mask, b2, e2, (BMASK >> 2) & 1, (EMASK >> 2) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k3, offs, mask, b3, e3, (BMASK >> 3) & 1, (EMASK >> 3) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k4, offs, mask, b4, e4, (BMASK >> 4) & 1, (EMASK >> 4) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k5, offs, mask, b5, e5, (BMASK >> 5) & 1, (EMASK >> 5) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k6, offs, mask, b6, e6, (BMASK >> 6) & 1, (EMASK >> 6) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k7, offs, mask, b7, e7, (BMASK >> 7) & 1, (EMASK >> 7) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k8, offs, mask, b8, e8, (BMASK >> 8) & 1, (EMASK >> 8) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k9, offs, mask, b9, e9, (BMASK >> 9) & 1, (EMASK >> 9) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k10, offs, mask, b10, e10, (BMASK >> 10) & 1, (EMASK >> 10) & 1)
-        acc_b, acc_e = _stage(acc_b, acc_e, k11, offs, mask, b11, e11, (BMASK >> 11) & 1, (EMASK >> 11) & 1)
-        hh = load_coef(h, h_stride, rows, row_ok, H_VEC)
-        y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        y_new = y + hh * acc_b
-        tl.store(ynew_ptr + offs, y_new.to(ynew_ptr.dtype.element_ty), mask=mask)
-        scale = atol + rtol * tl.maximum(tl.abs(y), tl.abs(y_new))
-        r = tl.where(mask, (hh * acc_e) / scale, 0.0)
-        tl.store(part_ptr + rows.to(tl.int64) * chunks + k, tl.sum(r * r, axis=1), mask=row_ok)
 
 
 def _weights(name: str, w, S: int) -> list[float]:
@@ -150,8 +103,10 @@ def rk_combine_triton(y, ks, b, b_err, h, rtol, atol, *, out=None):
     Raises:
         ValueError / TypeError: on a bad argument (named), as :func:`affine_update_triton`.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("rk_combine_triton needs Triton (pip install 'sdekit[triton]'); use rk_combine_ref")
+    require_triton("rk_combine_triton", "rk_combine_ref")
+    from ._rk_kernel import _rk_kernel  # imports Triton (once)
+    from .reduce import row_sum
+
     b, b_err, h = _inputs(y, ks, b, b_err, h, rtol, atol, out)
     check_kernel_tensor("y", y)
     for i, k in enumerate(ks):
@@ -162,13 +117,13 @@ def rk_combine_triton(y, ks, b, b_err, h, rtol, atol, *, out=None):
     B = y.shape[0]
     N = y.numel() // B
     BLOCK_S, BLOCK_E = tile_shape(N)
-    chunks = triton.cdiv(N, BLOCK_E)
+    chunks = cdiv(N, BLOCK_E)
     part = torch.empty((B, chunks), dtype=torch.float32, device=y.device)
     new = out if out is not None else torch.empty_like(y)
     pad = MAX_STAGES - S
     bmask = sum(1 << i for i, w in enumerate(b) if w != 0.0)
     emask = sum(1 << i for i, w in enumerate(b_err) if w != 0.0)
-    _rk_kernel[(triton.cdiv(B, BLOCK_S) * chunks,)](
+    _rk_kernel[(cdiv(B, BLOCK_S) * chunks,)](
         new, part, y, *ks, *([y] * pad), *b, *([0.0] * pad), *b_err, *([0.0] * pad),
         h.value, h.stride, float(rtol), float(atol), B, N, chunks,
         BMASK=bmask, EMASK=emask, H_VEC=h.is_vec, BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E, num_warps=NUM_WARPS,

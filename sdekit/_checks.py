@@ -8,10 +8,39 @@ any solver loop starts.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import torch
+
+
+def compiler_disable(fn):
+    """``torch.compiler.disable(fn)`` that imports ``torch._dynamo`` only when a compile traces ``fn``.
+
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (and with it Triton and
+    sympy, ~2 s) at decoration time, i.e. at ``import sdekit``.  Here eager calls
+    go straight to ``fn``; :func:`torch.compiler.is_compiling` is true only
+    while Dynamo traces, and there the call goes to ``fn`` behind
+    ``torch._compile._disable_dynamo`` (torch's own lazy ``disable``, in a file
+    Dynamo never traces): a graph break, and ``fn`` and what it calls run
+    eagerly, as under ``torch.compiler.disable``.  The graphs are the same;
+    Dynamo counts one more graph break and compiles one more (empty) frame, the
+    wrapper itself.
+    """
+    try:
+        from torch._compile import _disable_dynamo
+    except ImportError:  # pragma: no cover - private since torch 2.0; the plain decorator on any later rename
+        return torch.compiler.disable(fn)
+    disabled = _disable_dynamo(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _real(name: str, value) -> float:
@@ -104,7 +133,7 @@ def check_callable(name: str, value):
     return value
 
 
-@torch.compiler.disable
+@compiler_disable
 def check_eps(sde, eps) -> float:
     """Raise unless ``eps`` lies in ``(0, T)`` and (linear SDEs) ``σ(eps) > 0``; return it as a float.
 
