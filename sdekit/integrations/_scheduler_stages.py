@@ -77,7 +77,10 @@ def predict(cfg, sde, score, sample, t_i, t_next, noise, last: bool):
 
 def correct(cfg, sde, score, sample, t_i, t_next, noise):
     """One Langevin corrector step at ``t_i`` (Song et al. 2021, Algorithms 4–5)."""
-    fix = CORRECTORS[cfg.corrector](sde, Frozen(score), cfg.snr, 1, cfg.corrector_norm == "per_sample")
+    if cfg.corrector == "langevin":
+        fix = CORRECTORS["langevin"](sde, Frozen(score), cfg.snr, 1, norm=cfg.corrector_norm)
+    else:
+        fix = CORRECTORS[cfg.corrector](sde, Frozen(score), cfg.snr, 1, cfg.corrector_norm != "batch_mean")
     return fix.correct(sample, t_i, t_next, noise)[0]
 
 

@@ -66,7 +66,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 
 from .._checks import check_choice, check_model_output, check_positive, check_positive_int, expand_as_batch
-from ..sampling.correctors import CORRECTORS
+from ..sampling.correctors import CORRECTORS, NORM_RULES
 from ..sampling.dpm_solver import dpmpp_2m_coefficients
 from ..score_models import score_from_epsilon, score_from_v, score_from_x0
 from ..sdes.discrete_vp import DiscreteVPSDE
@@ -183,7 +183,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         corrector: str | None = None,
         snr: float = 0.16,
         corrector_steps: int = 1,
-        corrector_norm: str = "per_sample",
+        corrector_norm: str | None = None,
     ):
         check_positive_int("num_train_timesteps", num_train_timesteps)
         check_choice("method", method, METHODS)
@@ -192,7 +192,8 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         if variance_type is not None and variance_type not in VARIANCE_TYPES:
             raise ValueError(f"variance_type must be one of {list(VARIANCE_TYPES)} or None, got {variance_type!r} "
                              f"(learned variances need the network's variance output, which SDEScheduler does not use)")
-        check_choice("corrector_norm", corrector_norm, ("per_sample", "batch_mean"))
+        if corrector_norm is not None:
+            check_choice("corrector_norm", corrector_norm, NORM_RULES)
         check_positive("snr", snr)
         check_positive("clip_sample_range", clip_sample_range)
         check_positive("sample_max_value", sample_max_value)

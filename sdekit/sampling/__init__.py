@@ -1,8 +1,10 @@
-"""Reverse-time samplers: predictors, correctors, probability-flow ODE."""
+"""Reverse-time samplers: predictors, correctors, probability-flow ODE, NCSN's annealed Langevin, ULA/MALA."""
 
 from .correctors import AnnealedLangevin, Langevin
 from .denoise import tweedie_denoise
 from .grid import time_grid
+from .langevin_mcmc import LangevinResult, langevin_mcmc
+from .ncsn import ncsn_levels, sample_ncsn
 from .predictors import Ancestral, EulerMaruyama, ReverseDiffusion
 from .sample import SampleResult, sample
 
@@ -11,9 +13,13 @@ __all__ = [
     "AnnealedLangevin",
     "EulerMaruyama",
     "Langevin",
+    "LangevinResult",
     "ReverseDiffusion",
     "SampleResult",
+    "langevin_mcmc",
+    "ncsn_levels",
     "sample",
+    "sample_ncsn",
     "time_grid",
     "tweedie_denoise",
 ]

@@ -151,12 +151,28 @@ class Ancestral(AbstractPredictor):
     ``var = σ(s)² G² / σ(t)²``.
     Source: Ho et al. 2020, eqs. 6–7 (for VP this is DDPM's sampler with the
     posterior variance β̃); for VE it is exactly Song et al. 2021, eq. 47
-    (score_sde's ``AncestralSamplingPredictor``).  score_sde's VP variant uses
-    the variance β instead of β̃.
+    (score_sde's ``AncestralSamplingPredictor``).
+
+    ``variance_type`` (diffusers' ``DDPMScheduler`` names): ``"fixed_small"``
+    (default) is the posterior variance above, DDPM's ``σ_t² = β̃_t``;
+    ``"fixed_large"`` keeps the mean and uses the forward transition's variance
+    ``G² = σ(t)² − r² σ(s)²`` instead, DDPM's ``σ_t² = β_t`` (Ho et al. 2020,
+    §3.2: both are optimal in the two extreme cases of the data, a point mass
+    and ``N(0, I)``; score_sde's VP ``AncestralSamplingPredictor`` uses β).
+
+    Raises:
+        ValueError: ``variance_type`` not ``"fixed_small"`` or ``"fixed_large"``.
     """
 
     name = "ancestral"
     requires_linear = True
+    VARIANCE_TYPES = ("fixed_small", "fixed_large")
+
+    def __init__(self, sde, score, variance_type: str = "fixed_small"):
+        if variance_type not in self.VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {list(self.VARIANCE_TYPES)}, got {variance_type!r}")
+        super().__init__(sde, score)
+        self.variance_type = variance_type
 
     def coefficients(self, t, t_next):
         sde = self.sde
@@ -168,7 +184,8 @@ class Ancestral(AbstractPredictor):
         a = (G2 * m_s / m_t + r * var_s) / var_t
         b = G2 * m_s / m_t
         d = (G2 * (off_s - m_s * off_t / m_t) - r * var_s * c) / var_t
-        return Affine(a, b, (var_s * G2 / var_t).sqrt(), d)
+        c = G if self.variance_type == "fixed_large" else (var_s * G2 / var_t).sqrt()
+        return Affine(a, b, c, d)
 
 
 PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral)}

@@ -16,6 +16,7 @@ from .._checks import (
     check_real,
     check_sde,
     check_tensor,
+    compiler_disable,
 )
 from ..conditioning import bind_model_kwargs, flatten_model_kwargs, unbind_conditioning
 from ..kernels import affine_update, normal, resolve_backend
@@ -23,13 +24,13 @@ from ..kernels._args import noise_key
 from ..noise import check_sample_index, split_seed
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
-from .correctors import CORRECTORS
+from .correctors import CORRECTORS, NORM_RULES, AbstractCorrector, Langevin, default_norm
 from .denoise import check_denoisable, tweedie_coefficients
 from .dpm_solver import logsnr_grid, sample_dpmpp_2m
 from .grid import time_grid
-from .predictors import PREDICTORS
+from .predictors import PREDICTORS, AbstractPredictor, Ancestral
 
-METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m")
+METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m", "ncsn")
 
 
 @dataclass
@@ -134,7 +135,7 @@ def sample(
     *,
     x_init: torch.Tensor | None = None,
     timesteps=None,
-    corrector_norm: str = "per_sample",
+    corrector_norm: str | None = None,
     max_steps: int = 10_000,
     device=None,
     dtype: torch.dtype = torch.float32,
@@ -145,6 +146,8 @@ def sample(
     capturable: bool = False,
     monitor=None,
     model_kwargs: dict | None = None,
+    variance_type: str = "fixed_small",
+    step_lr: float = 2e-5,
 ) -> SampleResult:
     """Draw samples by integrating the reverse-time SDE or the probability-flow ODE from ``T`` to ``eps``.
 
@@ -171,9 +174,14 @@ def sample(
         method: predictor ``"euler_maruyama"`` | ``"reverse_diffusion"`` |
             ``"ancestral"``, ``"ode"`` for the adaptive probability flow, or
             ``"dpmpp_2m"`` for DPM-Solver++(2M) on the probability flow (linear
-            SDEs; Lu et al. 2022b, Algorithm 2; :mod:`sdekit.sampling.dpm_solver`).
+            SDEs; Lu et al. 2022b, Algorithm 2; :mod:`sdekit.sampling.dpm_solver`),
+            or ``"ncsn"`` for NCSN's annealed Langevin dynamics without a
+            predictor (Song & Ermon 2019, Algorithm 1; linear SDEs, levels
+            ``σ(t_i)`` on the uniform grid ``T → eps``, ``steps`` levels of
+            ``corrector_steps`` steps each, step ``step_lr``; ``snr`` unused;
+            :func:`sdekit.sampling.sample_ncsn`).
         steps: predictor steps ``N`` on the uniform grid ``T → eps`` (fixed-step methods;
-            uniform in log-SNR for ``"dpmpp_2m"``).
+            uniform in log-SNR for ``"dpmpp_2m"``; noise levels ``L`` for ``"ncsn"``).
         corrector: ``None`` | ``"langevin"`` | ``"annealed_langevin"`` (not with ``"ode"``/``"dpmpp_2m"``).
         snr: corrector signal-to-noise ratio ``r`` (score_sde: 0.16 for CIFAR-10 VE).
         corrector_steps: Langevin steps per time step.
@@ -186,8 +194,14 @@ def sample(
         x_init: optional ``shape`` state at ``t = T`` instead of prior samples.
         timesteps: optional explicit decreasing grid (overrides ``steps``/``eps``;
             for ``"ode"`` only its end points are used).
-        corrector_norm: ``"per_sample"`` (default) or ``"batch_mean"``
-            (score_sde's rule, which couples the samples of a batch).
+        corrector_norm: step rule of ``corrector="langevin"`` (see
+            :class:`~sdekit.sampling.Langevin`): ``"sigma"`` (the default on
+            linear SDEs: ``ε = 2α(snr·σ(t))²``, safe in every dimension),
+            ``"per_sample"`` (score_sde's ``‖z‖/‖s‖`` ratio per sample, the
+            default before and still the default on non-linear SDEs; unsafe
+            below ~100 dimensions, where it can inflate the variance by orders
+            of magnitude), or ``"batch_mean"`` (score_sde's rule exactly, which
+            couples the samples of a batch).  ``None``: the default.
         max_steps: RK45 step-attempt bound per sample (``"ode"``).
         device, dtype: of the samples when ``x_init`` is not given.
         progress: show a tqdm progress bar (for ``"ode"`` this costs one
@@ -212,6 +226,14 @@ def sample(
             batch's ``sample_index``: records where each sample first became
             non-finite (step, ``t``) without host syncs, sets faulted samples
             to NaN, and (``"ode"``) freezes them so the others finish.
+        model_kwargs: per-sample conditioning passed to every score call
+            (tensors with leading dimension ``B``; :mod:`sdekit.conditioning`).
+        variance_type: ``method="ancestral"`` only: ``"fixed_small"`` (default,
+            DDPM's posterior variance β̃_t) or ``"fixed_large"`` (DDPM's β_t, the
+            forward transition's variance; diffusers' names), see
+            :class:`~sdekit.sampling.Ancestral`.
+        step_lr: ``method="ncsn"`` only: ``ε`` of the annealed step
+            ``α_i = ε σ_i²/σ_L²``.
     Returns:
         :class:`SampleResult` with ``x`` of shape ``shape`` and per-sample NFE.
     Raises:
@@ -239,11 +261,18 @@ def sample(
             raise ValueError("corrector must be None with method='ode' (Langevin correction needs a stochastic sampler)")
         if method == "dpmpp_2m":
             raise ValueError("corrector must be None with method='dpmpp_2m' (a deterministic multistep solver)")
+        if method == "ncsn":
+            raise ValueError("corrector must be None with method='ncsn' (annealed Langevin is the whole sampler; "
+                             "set its steps per level with corrector_steps)")
+    check_choice("variance_type", variance_type, ("fixed_small", "fixed_large"))
+    if variance_type != "fixed_small" and method != "ancestral":
+        raise ValueError(f"variance_type={variance_type!r} needs method='ancestral', got method={method!r}")
     if capturable and method == "ode":
         raise ValueError("capturable=True needs a fixed-step method: method='ode' adapts its steps on the host")
     if capturable and method == "dpmpp_2m":
         raise ValueError("capturable=True needs a predictor method, not method='dpmpp_2m'")
-    check_choice("corrector_norm", corrector_norm, ("per_sample", "batch_mean"))
+    if corrector_norm is not None:
+        check_choice("corrector_norm", corrector_norm, NORM_RULES)
     snr = check_positive("snr", snr)
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
     if timesteps is None:
@@ -252,6 +281,16 @@ def sample(
     else:  # eps is unused: the grid ends at timesteps[-1]
         eps = check_real("eps", sde.sampling_eps if eps is None else eps)
     max_steps = check_positive_int("max_steps", max_steps)
+    if method == "ncsn":
+        if capturable or monitor is not None or timesteps is not None:
+            raise ValueError("method='ncsn' takes no capturable, monitor or timesteps (its levels are "
+                             "steps uniform times T → eps)")
+        from .ncsn import sample_ncsn
+
+        return sample_ncsn(score, sde, shape, n_levels=steps, steps_per_level=corrector_steps, step_lr=step_lr,
+                           eps=eps, denoise=denoise, x_init=x_init, seed=seed, generator=generator,
+                           sample_index=sample_index, model_kwargs=model_kwargs, device=device, dtype=dtype,
+                           backend=backend)
     B = shape[0]
     dev = check_device("device", device)  # canonical: "cuda" → "cuda:0"
     if x_init is not None:
@@ -261,7 +300,11 @@ def sample(
                                               device=dev if method == "ode" else None)
     if method != "ode":  # fixed-step methods evaluate the whole batch at every call
         score = bind_model_kwargs(score, model_kwargs)
-    predictor = PREDICTORS[method](sde, score) if method in PREDICTORS else None
+    predictor: AbstractPredictor | None = None
+    if method == "ancestral":
+        predictor = Ancestral(sde, score, variance_type)
+    elif method in PREDICTORS:
+        predictor = PREDICTORS[method](sde, score)
     if denoise:
         check_denoisable(sde)
     backend = resolve_backend(backend, dev, dtype)
@@ -279,9 +322,13 @@ def sample(
         full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)
         return SampleResult(x=x, nfe=full(nfe), steps=full(grid.numel() - 1))
 
-    fix = None
+    fix: AbstractCorrector | None = None
     if corrector is not None:
-        fix = CORRECTORS[corrector](sde, score, snr, corrector_steps, corrector_norm == "per_sample")
+        if corrector == "langevin":
+            norm = default_norm(sde) if corrector_norm is None else corrector_norm
+            fix = Langevin(sde, score, snr, corrector_steps, norm=norm)
+        else:
+            fix = CORRECTORS[corrector](sde, score, snr, corrector_steps)
     plan = _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise)
     x = _initial_state(sde, shape, x_init, plan.seed, idx, dev, dtype, backend, capturable)
     x = run_plan(plan, x, score, predictor, fix, idx, backend, progress=progress, monitor=monitor)
@@ -315,7 +362,7 @@ class StepPlan:
     denoise: tuple | None
 
 
-@torch.compiler.disable
+@compiler_disable
 def _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise) -> StepPlan:
     """Build the :class:`StepPlan` on the host (float64 CPU tensors, converted to Python floats once).
 
