@@ -3,10 +3,12 @@
 Public API:
     SDEs:        VPSDE, SubVPSDE, VESDE, OrnsteinUhlenbeck, DiscreteVPSDE (DDPM), EDMSDE (sdekit.sdes)
     Sampling:    sample (Euler–Maruyama / reverse diffusion / ancestral predictors,
-                 Langevin correctors, adaptive RK45 probability flow)
+                 Langevin correctors, adaptive RK45 probability flow), sample_ncsn (NCSN's
+                 annealed Langevin), langevin_mcmc (ULA / MALA on a score or log-density)
     Likelihood:  log_likelihood (Hutchinson or exact trace), bits_per_dim, dequantize
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
-    Solvers:     odeint (fixed-step and adaptive RK, per-sample steps), solve_adaptive, sdeint
+    Solvers:     odeint (torchdiffeq's contract; per-sample steps opt-in), odeint_adjoint,
+                 solve_adaptive, sdeint
     Brownian:    BrownianTree (counter-based, per-sample, same path at every step size)
     Guidance:    classifier_guidance, classifier_free_guidance
     Conditioning: model_kwargs= of sample / log_likelihood / the adapters, per-sample tensors
@@ -53,7 +55,7 @@ _attach_source_kernels()
 from .brownian import BrownianTree
 from .guidance import classifier_free_guidance, classifier_guidance
 from .likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood
-from .sampling import SampleResult, sample
+from .sampling import LangevinResult, SampleResult, langevin_mcmc, sample, sample_ncsn
 from .score_models import score_from_denoiser, score_from_epsilon, score_from_v, score_from_x0
 from .sdes import (
     EDMSDE,
@@ -67,7 +69,7 @@ from .sdes import (
     ReverseSDE,
     SubVPSDE,
 )
-from .solvers import ODESolution, ToleranceNotMetError, odeint, sdeint, solve_adaptive
+from .solvers import ODESolution, ToleranceNotMetError, odeint, odeint_adjoint, sdeint, solve_adaptive
 
 __version__ = "0.1.0"
 
@@ -79,6 +81,7 @@ __all__ = [
     "AbstractSDE",
     "BrownianTree",
     "DiscreteVPSDE",
+    "LangevinResult",
     "LikelihoodResult",
     "ODESolution",
     "OrnsteinUhlenbeck",
@@ -91,9 +94,12 @@ __all__ = [
     "classifier_free_guidance",
     "classifier_guidance",
     "dequantize",
+    "langevin_mcmc",
     "log_likelihood",
     "odeint",
+    "odeint_adjoint",
     "sample",
+    "sample_ncsn",
     "score_from_denoiser",
     "score_from_epsilon",
     "score_from_v",

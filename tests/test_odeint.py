@@ -45,7 +45,7 @@ def test_error_shrinks_with_tolerance_on_linear_system(method, tol):
 def test_fixed_step_outputs_land_on_requested_times(method):
     t = torch.tensor([0.0, 0.3, 1.0], **f64)
     sol = sdekit.odeint(lambda t, y: -y, torch.ones(2, 1, **f64), t, method=method, step_size=0.1,
-                        return_solution=True)
+                        per_sample=True, return_solution=True)
     order = sdekit.solvers.TABLEAUS[method].order
     assert (sol.ys[:, :, 0] - torch.exp(-t)[:, None]).abs().max() <= 0.1**order
     assert sol.steps.tolist() == [10, 10]  # 3 + 7 steps: each interval split into equal steps ≤ 0.1
@@ -62,7 +62,7 @@ def test_mixed_decay_batch_work_is_per_sample():
 
     y0 = torch.ones(len(RATES), 1, **f64)
     t = torch.tensor([0.0, 1.0], **f64)
-    sol = sdekit.odeint(f, y0, t, rtol=1e-6, atol=1e-6, args=(RATES,), return_solution=True)
+    sol = sdekit.odeint(f, y0, t, rtol=1e-6, atol=1e-6, args=(RATES,), per_sample=True, return_solution=True)
     torch.testing.assert_close(sol.ys[-1, :, 0], torch.exp(-RATES), rtol=1e-4, atol=1e-6)
     assert sum(rows) == int(sol.nfe.sum())             # evaluations counted exactly
     assert sum(rows) < 0.6 * len(RATES) * int(sol.nfe.max())  # far below "everyone pays the slowest"
@@ -82,7 +82,7 @@ def test_fewer_total_evaluations_than_torchdiffeq_on_mixed_batch():
     torchdiffeq.odeint(f, y0, t, rtol=1e-6, atol=1e-6, method="dopri5")
     theirs = sum(calls)
     ours = sdekit.odeint(lambda t, y, k: -k[:, None] * y, y0, t, rtol=1e-6, atol=1e-6, args=(RATES,),
-                         return_solution=True)
+                         per_sample=True, return_solution=True)
     assert int(ours.nfe.sum()) < theirs
 
 
@@ -103,9 +103,8 @@ def test_agrees_with_torchdiffeq(method):
 
     exact = 20 / (1 + (20 / y0.T - 1) * torch.exp(-t[:, None] / 4))  # (11, 3)
     theirs = torchdiffeq.odeint(f, y0, t, rtol=tol, atol=tol, method=method)[..., 0]
-    ours = sdekit.odeint(f, y0, t, rtol=tol, atol=tol, method=method)[..., 0]
-    shared = sdekit.odeint(f, y0, t, rtol=tol, atol=tol, method=method, per_sample=False,
-                           controller=I_CONTROLLER)[..., 0]
+    ours = sdekit.odeint(f, y0, t, rtol=tol, atol=tol, method=method, per_sample=True)[..., 0]
+    shared = sdekit.odeint(f, y0, t, rtol=tol, atol=tol, method=method, controller=I_CONTROLLER)[..., 0]
     bound = 100 * tol * exact.abs().clamp_min(1)
     for name, ys in (("torchdiffeq", theirs), ("sdekit", ours), ("sdekit shared", shared)):
         assert bool(((ys - exact).abs() <= bound).all()), name
@@ -125,18 +124,20 @@ def test_fixed_step_matches_torchdiffeq_bitwise_close():
 
 
 def test_shared_step_mode_matches_torchdiffeq_semantics():
-    """per_sample=False: t is a 0-d tensor, y has y0's shape, the whole tensor is one system."""
+    """The default (torchdiffeq's contract): t is a 0-d tensor, y has y0's shape, the whole tensor is one system."""
     seen = []
 
     def f(t, y):
         seen.append((t.dim(), tuple(y.shape)))
         return -y
 
-    y0 = torch.ones(4, **f64)  # 1-D: per_sample defaults to False
-    ys = sdekit.odeint(f, y0, torch.tensor([0.0, 0.5, 1.0], **f64))
-    assert ys.shape == (3, 4)
-    assert set(seen) == {(0, (4,))}
-    torch.testing.assert_close(ys[-1], torch.full((4,), math.exp(-1), **f64), rtol=1e-7, atol=0)
+    for shape in [(4,), (3, 4)]:
+        seen.clear()
+        y0 = torch.ones(shape, **f64)
+        ys = sdekit.odeint(f, y0, torch.tensor([0.0, 0.5, 1.0], **f64))
+        assert ys.shape == (3,) + shape
+        assert set(seen) == {(0, shape)}
+        torch.testing.assert_close(ys[-1], torch.full(shape, math.exp(-1), **f64), rtol=1e-7, atol=0)
 
 
 def test_per_sample_time_broadcasts_against_state():
@@ -146,7 +147,7 @@ def test_per_sample_time_broadcasts_against_state():
         shapes.append(tuple(t.shape))
         return torch.cos(t) * y  # works because t is (b, 1, 1)
 
-    ys = sdekit.odeint(f, torch.ones(2, 3, 4, **f64), torch.tensor([0.0, 1.0], **f64))
+    ys = sdekit.odeint(f, torch.ones(2, 3, 4, **f64), torch.tensor([0.0, 1.0], **f64), per_sample=True)
     assert ys.shape == (2, 2, 3, 4)
     assert all(len(s) == 3 and s[1:] == (1, 1) for s in shapes)
 
@@ -166,11 +167,14 @@ def test_float32_state():
     "kwargs, exc, match",
     [
         (dict(method="rk45"), ValueError, "method"),
-        (dict(method="rk4"), ValueError, "step_size"),
         (dict(method="rk4", step_size=0.0), ValueError, "step_size"),
-        (dict(options={"first_step": 0.1}), ValueError, "first_step"),
+        (dict(method="rk4", step_size=0.0, per_sample=True), ValueError, "step_size"),
+        (dict(options={"first_step": -0.1}), ValueError, "first_step"),
+        (dict(options={"min_step": 2.0, "max_step": 1.0}), ValueError, "min_step"),
+        (dict(args=(torch.ones(2),)), ValueError, "per_sample=True"),
         (dict(rtol=-1.0), ValueError, "rtol"),
-        (dict(max_steps=0), ValueError, "max_steps"),
+        (dict(max_steps=0), ValueError, "max_num_steps"),
+        (dict(max_steps=0, per_sample=True), ValueError, "max_steps"),
         (dict(t=torch.tensor([0.0, 1.0, 0.5])), ValueError, "strictly increasing or strictly decreasing"),
         (dict(t=torch.tensor([0.0, float("nan")])), ValueError, "t must be finite"),
         (dict(t=torch.zeros(2, 2)), ValueError, "1-D"),
@@ -189,6 +193,9 @@ def test_bad_input(kwargs, exc, match):
 def test_tolerance_not_met_names_max_steps():
     with pytest.raises(ToleranceNotMetError, match="max_steps=5"):
         sdekit.odeint(lambda t, y: -1000 * y, torch.ones(2, 1, **f64), torch.tensor([0.0, 10.0]), max_steps=5)
+    with pytest.raises(ToleranceNotMetError, match="max_steps=5"):
+        sdekit.odeint(lambda t, y: -1000 * y, torch.ones(2, 1, **f64), torch.tensor([0.0, 10.0]), max_steps=5,
+                      per_sample=True)
 
 
 def test_fused_stage_combination_matches_pytorch_path():

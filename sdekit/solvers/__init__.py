@@ -1,15 +1,36 @@
 """Numerical integrators: Butcher tableaus, the generic RK stepper, adaptive and fixed-step ODE solvers, sdeint."""
 
-from .adaptive import AdaptiveSolution, ToleranceNotMetError, solve_adaptive
+from .adaptive import AdaptiveSolution, StepOptions, ToleranceNotMetError, solve_adaptive
+from .adjoint import odeint_adjoint
 from .controller import I_CONTROLLER, PI_CONTROLLER, StepController
+from .implicit import IMPLICIT_METHODS
 from .odeint import ODESolution, odeint
-from .tableaus import BOSH3, DOPRI5, EULER, HEUN, MIDPOINT, RK4, TABLEAUS, TSIT5, ButcherTableau
+from .tableaus import (
+    ADAPTIVE_HEUN,
+    BOSH3,
+    DOPRI5,
+    DOPRI8,
+    EULER,
+    FEHLBERG2,
+    HEUN,
+    HEUN3,
+    MIDPOINT,
+    RK4,
+    TABLEAUS,
+    TSIT5,
+    ButcherTableau,
+)
 
 __all__ = [
+    "ADAPTIVE_HEUN",
     "BOSH3",
     "DOPRI5",
+    "DOPRI8",
     "EULER",
+    "FEHLBERG2",
     "HEUN",
+    "HEUN3",
+    "IMPLICIT_METHODS",
     "I_CONTROLLER",
     "MIDPOINT",
     "PI_CONTROLLER",
@@ -20,8 +41,10 @@ __all__ = [
     "ButcherTableau",
     "ODESolution",
     "StepController",
+    "StepOptions",
     "ToleranceNotMetError",
     "odeint",
+    "odeint_adjoint",
     "solve_adaptive",
 ]
 from .sdeint import sdeint

@@ -23,7 +23,7 @@ def weighted_sum(ks, weights):
     return total
 
 
-def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=()):
+def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=(), t_end=None):
     """Evaluate the stages ``kᵢ = func(t + cᵢh, y + h Σⱼ aᵢⱼkⱼ)`` of one step.
 
     Args:
@@ -32,6 +32,9 @@ def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=()):
         t: ``(b,)`` step start times; y: ``(b, *S)`` states; h: ``(b,)`` signed step sizes.
         k_first: ``func(t, y)`` if already known (FSAL), else ``None``.
         args: per-sample tensors passed on to ``func``.
+        t_end: ``(b,)`` time at which the stages with ``cᵢ = 1`` are evaluated
+            instead of ``t + h`` (one ulp inside a step that ends on a
+            discontinuity of ``func``), or ``None``.
     Returns:
         list of the ``s`` stage derivatives, each ``(b, *S)``.
     """
@@ -39,7 +42,8 @@ def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=()):
     ks = [func(t, y, *args) if k_first is None else k_first]
     for i in range(1, tableau.stages):
         incr = weighted_sum(ks, tableau.a[i])
-        ks.append(func(t + tableau.c[i] * h, y if incr is None else y + hb * incr, *args))
+        ti = t_end if (t_end is not None and tableau.c[i] == 1.0) else t + tableau.c[i] * h
+        ks.append(func(ti, y if incr is None else y + hb * incr, *args))
     return ks
 
 

@@ -114,6 +114,44 @@ def _solve3(m, r):
     return out
 
 
+def _hermite_dense_through(b, points):
+    """Polynomial extension of an FSAL pair through ``y₀, y₁, f₀ = k₁, f₁ = k_s`` and interior values.
+
+    Each point ``(θⱼ, wⱼ)`` gives an interior value ``y(θⱼ) ≈ y₀ + h Σᵢ wⱼᵢ kᵢ``.
+    With ``J`` points the extension has degree ``3 + J`` and, stage by stage,
+    ``p(θ) = Σ_{m=1}^{3+J} a_m θ^m`` (in units of ``h``) solves
+    ``p′(0) = [i = 1]``, ``p(1) = bᵢ``, ``p′(1) = [i = s]``, ``p(θⱼ) = wⱼᵢ`` in
+    exact arithmetic.  Its local error is ``O(h^{q+1})`` with
+    ``q = min(3 + J, order of y₁, order of the interior values)``.
+    """
+    s, d = len(b), 3 + len(points)
+    m = [[F(int(k == 1)) for k in range(1, d + 1)], [F(1)] * d, [F(k) for k in range(1, d + 1)]]
+    m += [[F(theta) ** k for k in range(1, d + 1)] for theta, _ in points]
+    # Cardinal polynomials: basis[j] meets condition j with value 1 and the others with 0.
+    basis = [_solve(m, [F(int(i == j)) for i in range(d)]) for j in range(d)]
+    rows = []
+    for i in range(s):
+        r = [F(int(i == 0)), F(b[i]), F(int(i == s - 1))] + [F(w[i]) for _, w in points]
+        rows.append([sum((rj * bj[k] for rj, bj in zip(r, basis) if rj != 0), F(0)) for k in range(d)])
+    return _floats(rows)
+
+
+def _solve(m, r):
+    """Solve the square linear system ``m x = r`` exactly (Gauss–Jordan on Fractions)."""
+    n = len(r)
+    aug = [[F(v) for v in row] + [F(r[i])] for i, row in enumerate(m)]
+    for col in range(n):
+        piv = next(i for i in range(col, n) if aug[i][col] != 0)
+        aug[col], aug[piv] = aug[piv], aug[col]
+        pv = aug[col][col]
+        aug[col] = [v / pv for v in aug[col]]
+        for i in range(n):
+            if i != col and aug[i][col] != 0:
+                f = aug[i][col]
+                aug[i] = [v - f * w for v, w in zip(aug[i], aug[col])]
+    return [aug[i][n] for i in range(n)]
+
+
 # ---- fixed-step methods -------------------------------------------------------------
 
 #: Forward Euler, order 1.
@@ -134,7 +172,68 @@ RK4 = ButcherTableau(
     order=4,
 )
 
+#: Heun's third-order method (Heun 1900; Hairer, Nørsett & Wanner, "Solving ODEs I",
+#: §II.1, Table 1.1): c = (0, 1/3, 2/3), a₂₁ = 1/3, a₃₂ = 2/3, b = (1/4, 0, 3/4); order 3.
+HEUN3 = ButcherTableau(
+    name="heun3",
+    c=_vec((0, F(1, 3), F(2, 3))),
+    a=_floats([[], [F(1, 3)], [0, F(2, 3)]]),
+    b=_vec((F(1, 4), 0, F(3, 4))),
+    order=3,
+)
+
 # ---- embedded pairs ---------------------------------------------------------------
+
+# Low-order pairs.  Neither method is FSAL as published, so each gets one extra
+# stage at (t + h, y₁) with weight 0 in b and b̂ ("FSAL extension"): it is the
+# next step's first stage, so an attempt still costs the published number of
+# evaluations in the adaptive stepper, and it supplies f(t₁, y₁) for a cubic
+# Hermite dense output.  That output is only as accurate as y₁ (order 2), so
+# ``dense_order`` is 2: the local error is O(h³).
+
+_HE_B: tuple[F | int, ...] = (F(1, 2), F(1, 2), 0)
+_HE_BHAT: tuple[F | int, ...] = (1, 0, 0)
+
+#: Heun–Euler 2(1) pair: Heun's method (explicit trapezoidal rule, order 2; Heun 1900)
+#: propagated, forward Euler (order 1, the same first stage) embedded for the error
+#: estimate (embedded formulas: Hairer, Nørsett & Wanner, "Solving ODEs I", §II.4),
+#: as torchdiffeq's ``adaptive_heun``.  FSAL-extended (see above); cubic Hermite
+#: dense output (order 2).  An accepted step costs 2 evaluations.
+ADAPTIVE_HEUN = ButcherTableau(
+    name="adaptive_heun",
+    c=(0.0, 1.0, 1.0),
+    a=_floats([[], [1], list(_HE_B[:2])]),
+    b=_vec(_HE_B),
+    order=2,
+    b_error=_vec(b - bh for b, bh in zip(_HE_B, _HE_BHAT)),
+    error_order=1,
+    fsal=True,
+    dense=_hermite_dense(_HE_B),
+    dense_order=2,
+)
+
+_RKF2_B: tuple[F | int, ...] = (F(1, 512), F(255, 256), F(1, 512), 0)
+_RKF2_BHAT: tuple[F | int, ...] = (F(1, 256), F(255, 256), 0, 0)
+
+#: Runge–Kutta–Fehlberg 2(1) (Fehlberg 1969, "Low-order classical Runge–Kutta formulas
+#: with stepsize control and their application to some heat transfer problems",
+#: NASA TR R-315, formula pair RK1(2)): c = (0, 1/2, 1), a₂₁ = 1/2, a₃ = (1/256, 255/256).
+#: Here the order-2 weights (1/512, 255/256, 1/512) are propagated (local
+#: extrapolation) and the order-1 weights (1/256, 255/256, 0) are embedded, as in
+#: torchdiffeq's ``fehlberg2``.  FSAL-extended (see above); cubic Hermite dense output
+#: (order 2).  An accepted step costs 3 evaluations.
+FEHLBERG2 = ButcherTableau(
+    name="fehlberg2",
+    c=_vec((0, F(1, 2), 1, 1)),
+    a=_floats([[], [F(1, 2)], [F(1, 256), F(255, 256)], list(_RKF2_B[:3])]),
+    b=_vec(_RKF2_B),
+    order=2,
+    b_error=_vec(b - bh for b, bh in zip(_RKF2_B, _RKF2_BHAT)),
+    error_order=1,
+    fsal=True,
+    dense=_hermite_dense(_RKF2_B),
+    dense_order=2,
+)
 
 _BS_B = (F(2, 9), F(1, 3), F(4, 9), F(0))
 _BS_BHAT = (F(7, 24), F(1, 4), F(1, 3), F(1, 8))
@@ -224,7 +323,89 @@ TSIT5 = ButcherTableau(
     dense_order=4,
 )
 
+# Prince & Dormand (1981) RK8(7)13M.  The paper gives every coefficient as a
+# rational; the 8th-order (b) and 7th-order (b̂) weights skip stages 2–5.  The
+# rationals of c₉, c₁₁ and rows 7–13 are approximations of irrational values:
+# the order conditions hold to about 1e-17 (measured in exact arithmetic over all
+# 200 rooted trees of order ≤ 8 for b and 115 of order ≤ 7 for b̂), below float64
+# resolution, and row sums equal c to 1e-17.
+_DP8_C = (0, F(1, 18), F(1, 12), F(1, 8), F(5, 16), F(3, 8), F(59, 400), F(93, 200),
+          F(5490023248, 9719169821), F(13, 20), F(1201146811, 1299019798), 1, 1)
+_DP8_A = (
+    (),
+    (F(1, 18),),
+    (F(1, 48), F(1, 16)),
+    (F(1, 32), 0, F(3, 32)),
+    (F(5, 16), 0, F(-75, 64), F(75, 64)),
+    (F(3, 80), 0, 0, F(3, 16), F(3, 20)),
+    (F(29443841, 614563906), 0, 0, F(77736538, 692538347), F(-28693883, 1125000000), F(23124283, 1800000000)),
+    (F(16016141, 946692911), 0, 0, F(61564180, 158732637), F(22789713, 633445777), F(545815736, 2771057229),
+     F(-180193667, 1043307555)),
+    (F(39632708, 573591083), 0, 0, F(-433636366, 683701615), F(-421739975, 2616292301), F(100302831, 723423059),
+     F(790204164, 839813087), F(800635310, 3783071287)),
+    (F(246121993, 1340847787), 0, 0, F(-37695042795, 15268766246), F(-309121744, 1061227803),
+     F(-12992083, 490766935), F(6005943493, 2108947869), F(393006217, 1396673457), F(123872331, 1001029789)),
+    (F(-1028468189, 846180014), 0, 0, F(8478235783, 508512852), F(1311729495, 1432422823),
+     F(-10304129995, 1701304382), F(-48777925059, 3047939560), F(15336726248, 1032824649),
+     F(-45442868181, 3398467696), F(3065993473, 597172653)),
+    (F(185892177, 718116043), 0, 0, F(-3185094517, 667107341), F(-477755414, 1098053517),
+     F(-703635378, 230739211), F(5731566787, 1027545527), F(5232866602, 850066563),
+     F(-4093664535, 808688257), F(3962137247, 1805957418), F(65686358, 487910083)),
+    (F(403863854, 491063109), 0, 0, F(-5068492393, 434740067), F(-411421997, 543043805),
+     F(652783627, 914296604), F(11173962825, 925320556), F(-13158990841, 6184727034),
+     F(3936647629, 1978049680), F(-160528059, 685178525), F(248638103, 1413531060), 0),
+)
+# Weights padded with a 14th entry 0 for the FSAL extension stage.
+_DP8_B: tuple[F | int, ...] = (F(14005451, 335480064), 0, 0, 0, 0, F(-59238493, 1068277825), F(181606767, 758867731),
+          F(561292985, 797845732), F(-1041891430, 1371343529), F(760417239, 1151165299),
+          F(118820643, 751138087), F(-528747749, 2220607170), F(1, 4), 0)
+_DP8_BHAT: tuple[F | int, ...] = (F(13451932, 455176623), 0, 0, 0, 0, F(-808719846, 976000145), F(1757004468, 5645159321),
+             F(656045339, 265891186), F(-3867574721, 1518517206), F(465885868, 322736535),
+             F(53011238, 667516719), F(2, 45), 0, 0)
+
+
+def _dp8_interior(w):
+    """Spread 10 interior weights over stages 1, 6, …, 14 (stages 2–5 get 0)."""
+    return (w[0], 0.0, 0.0, 0.0, 0.0) + tuple(w[1:])
+
+
+# Interior values y(t + θh) = y + h Σ wᵢ kᵢ of order 5 at θ = 1/3 and 2/3 from the
+# 13 stages and the FSAL stage (sdekit's own derivation, not from the paper): they
+# satisfy the 17 order conditions of a continuous extension of order 5 (to 2e-19)
+# — order 6 is not attainable from these stages — and, among such weights, make
+# the order-6 error coefficients small (regularised least squares in 60-digit
+# arithmetic; 2-norm of (Φ(τ) − θ⁶/γ(τ))/σ(τ) over the 20 order-6 trees 5.0e-7 at
+# both points, against 6.1e-5 and 3.9e-5 for the minimum-norm weights).
+_DP8_W13 = _dp8_interior((
+    0.04353949419476226, 0.0696898187293943, 0.22577560480630013, 0.009964228403403611,
+    -0.015013316788707882, -0.0025272723657183468, 0.003914589388827765, -0.0007691862720470547,
+    0.014919934638677038, -0.016160561401558474))
+_DP8_W23 = _dp8_interior((
+    0.044170274791192086, 0.16485817271705827, 0.2235674644088551, 0.10334876992401235,
+    0.06376716592778672, 0.06769089885596193, -0.0011169500573627513, -0.029302974363082657,
+    0.004869248894241293, 0.024814595568004316))
+
+#: Prince & Dormand (1981), "High order embedded Runge–Kutta formulae", J. Comput.
+#: Appl. Math. 7(1), 67–75, RK8(7)13M: order 8, error order 7, 13 stages, here with a
+#: 14th FSAL-extension stage at (t + h, y₁) (weight 0; it is the next step's first
+#: stage, so an attempt still costs 13 evaluations in the adaptive stepper, 14 with
+#: fixed steps).  Dense output: the quintic through y₀, y₁, f₀, f₁ and order-5
+#: interior values at θ = 1/3, 2/3 (see above), order 5 (local error O(h⁶)).
+DOPRI8 = ButcherTableau(
+    name="dopri8",
+    c=_vec(_DP8_C + (1,)),
+    a=_floats(list(_DP8_A) + [list(_DP8_B[:13])]),
+    b=_vec(_DP8_B),
+    order=8,
+    b_error=_vec(b - bh for b, bh in zip(_DP8_B, _DP8_BHAT)),
+    error_order=7,
+    fsal=True,
+    dense=_hermite_dense_through(_DP8_B, [(F(1, 3), _DP8_W13), (F(2, 3), _DP8_W23)]),
+    dense_order=5,
+)
+
 #: Every tableau by ``method`` name.
-TABLEAUS = {t.name: t for t in (EULER, MIDPOINT, HEUN, RK4, BOSH3, DOPRI5, TSIT5)}
+TABLEAUS = {t.name: t for t in (EULER, MIDPOINT, HEUN, HEUN3, RK4, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5,
+                                TSIT5, DOPRI8)}
 FIXED_STEP_METHODS = tuple(n for n, t in TABLEAUS.items() if not t.adaptive)
 ADAPTIVE_METHODS = tuple(n for n, t in TABLEAUS.items() if t.adaptive)
