@@ -5,7 +5,10 @@ Public API:
     Sampling:    sample (Euler–Maruyama / reverse diffusion / ancestral predictors,
                  Langevin correctors, adaptive RK45 probability flow), sample_ncsn (NCSN's
                  annealed Langevin), langevin_mcmc (ULA / MALA on a score or log-density)
-    Likelihood:  log_likelihood (Hutchinson or exact trace), bits_per_dim, dequantize
+    Likelihood:  log_likelihood (Hutchinson or exact trace), sde_elbo / ddpm_elbo (variational bounds),
+                 bits_per_dim, dequantize
+    Training:    sdekit.losses: dsm_loss (score/ε/x0/v, σ²/g²/EDM weights), ddpm_simple_loss,
+                 sliced_score_matching_loss
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
     Solvers:     odeint (torchdiffeq's contract; per-sample steps opt-in), odeint_adjoint,
                  solve_adaptive, sdeint
@@ -52,9 +55,11 @@ def _attach_source_kernels() -> None:
 
 _attach_source_kernels()
 
+from . import losses
 from .brownian import BrownianTree
 from .guidance import classifier_free_guidance, classifier_guidance
-from .likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood
+from .likelihood import ELBOResult, LikelihoodResult, bits_per_dim, ddpm_elbo, dequantize, log_likelihood, sde_elbo
+from .losses import ddpm_simple_loss, dsm_loss, sliced_score_matching_loss
 from .sampling import LangevinResult, SampleResult, langevin_mcmc, sample, sample_ncsn
 from .score_models import score_from_denoiser, score_from_epsilon, score_from_v, score_from_x0
 from .sdes import (
@@ -81,6 +86,7 @@ __all__ = [
     "AbstractSDE",
     "BrownianTree",
     "DiscreteVPSDE",
+    "ELBOResult",
     "LangevinResult",
     "LikelihoodResult",
     "ODESolution",
@@ -93,9 +99,13 @@ __all__ = [
     "bits_per_dim",
     "classifier_free_guidance",
     "classifier_guidance",
+    "ddpm_elbo",
+    "ddpm_simple_loss",
     "dequantize",
+    "dsm_loss",
     "langevin_mcmc",
     "log_likelihood",
+    "losses",
     "odeint",
     "odeint_adjoint",
     "sample",
@@ -104,6 +114,8 @@ __all__ = [
     "score_from_epsilon",
     "score_from_v",
     "score_from_x0",
+    "sde_elbo",
     "sdeint",
+    "sliced_score_matching_loss",
     "solve_adaptive",
 ]

@@ -31,7 +31,7 @@ from sdekit.demo.train import TrainConfig, build_network, sample_times
 
 TINY = ["--train-steps", "15", "--batch-size", "32", "--width", "32", "--depth", "1", "--steps", "5",
         "--n-samples", "4", "--n-test", "6", "--rtol", "1e-3", "--atol", "1e-3", "--no-progress",
-        "--cond-train-steps", "15", "--n-per-class", "10", "--guidance-scales", "1", "3"]
+        "--cond-train-steps", "15", "--n-per-class", "10", "--guidance-scales", "1", "3", "--elbo-samples", "4"]
 EXPECTED_ROWS = [
     "PC sampler (Euler-Maruyama + Langevin)",
     "Probability-flow ODE sampler (RK45)",
@@ -72,6 +72,11 @@ def test_tiny_run_writes_outputs(tiny_run):
         assert math.isfinite(r.bpd) and 0.0 < r.bpd < 10.0 and math.isfinite(r.bpd_stderr)
     assert likelihood[0].nfe > 0 and likelihood[1].nfe is None
     assert likelihood[2].nfe > 0 and likelihood[3].nfe > 0  # conditional: true labels, null label
+    # the ELBO bits/dim beside the PF-ODE bits/dim, for every score model (not the Gaussian baseline)
+    for r in (likelihood[0], likelihood[2], likelihood[3]):
+        assert math.isfinite(r.elbo_bpd) and 0.0 < r.elbo_bpd < 10.0 and math.isfinite(r.elbo_stderr)
+    assert likelihood[1].elbo_bpd is None and all(r.elbo_bpd is None for r in sampling)
+    assert "| ELBO bits/dim |" in md and "sde_elbo" in md
     gain = result["conditional_gain"]
     assert all(math.isfinite(v) for pair in gain.values() for v in pair)
     assert gain["vs_null_label"][0] == pytest.approx(likelihood[3].bpd - likelihood[2].bpd, abs=1e-9)
@@ -91,6 +96,7 @@ def test_second_run_loads_cache_and_reproduces(tiny_run):
     np.testing.assert_array_equal(second["guidance"].accuracy, first["guidance"].accuracy)
     # Same seed, same weights: the same numbers.
     assert [r.bpd for r in second["rows"]] == [r.bpd for r in first["rows"]]
+    assert [r.elbo_bpd for r in second["rows"]] == [r.elbo_bpd for r in first["rows"]]
     assert [r.nfe for r in second["rows"]] == [r.nfe for r in first["rows"]]
 
 
@@ -108,7 +114,7 @@ def test_changed_config_retrains(tiny_run):
     [(["--n-samples", "10"], "--n-samples"), (["--train-steps", "0"], "--train-steps"),
      (["--rtol", "-1"], "--rtol"), (["--time-sampling", "cosine"], "--time-sampling"),
      (["--n-per-class", "5"], "--n-per-class"), (["--label-dropout", "1.5"], "--label-dropout"),
-     (["--guidance-scales", "nan"], "--guidance-scales")],
+     (["--guidance-scales", "nan"], "--guidance-scales"), (["--elbo-samples", "0"], "--elbo-samples")],
 )
 def test_bad_cli_input_names_the_argument(argv, name, capsys):
     with pytest.raises(SystemExit):
@@ -266,3 +272,32 @@ def test_conditional_likelihood_is_the_conditional_model_with_labels_per_row(lab
         torch.testing.assert_close(alone.log_prob, cond.log_prob[idx], rtol=1e-5, atol=1e-3)
     null = conditional_log_likelihood(net, sde, x, None, **opts)
     assert torch.isfinite(null.log_prob).all() and (null.log_prob - cond.log_prob).abs().min() > 1e-2
+
+
+def test_training_loss_is_the_former_epsilon_loss_bit_for_bit():
+    """The demo trains through sdekit.losses.dsm_loss (ε form, σ² weighting, mean over pixels); its gradient is
+    bit-for-bit that of the former private loss mean‖ε̂ − ε‖² with the same noise draw, so a seed trains the same."""
+    from sdekit.losses import dsm_loss
+
+    levels, labels, _, _ = load_labelled_splits(seed=0)
+    sde = sdekit.VPSDE()
+    torch.manual_seed(0)
+    net = build_network(TrainConfig(width=16, depth=1, num_classes=10), sde, levels)
+    with torch.no_grad():
+        torch.nn.init.normal_(net.out.weight, std=0.1)
+    x0 = sdekit.dequantize(levels[:32], LEVELS, DATA_RANGE, generator=torch.Generator().manual_seed(1))
+    t = sample_times(32, sde, 1e-5, "likelihood", generator=torch.Generator().manual_seed(2))
+    y = labels[:32]
+
+    def grads(loss):
+        net.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(x0.shape, generator=gen)
+    xt = sde.mean_coeff(t)[:, None] * x0 + sde.std(t)[:, None] * noise
+    old = grads((net(xt, t, y) - noise).pow(2).mean())
+    new = grads(dsm_loss(net, sde, x0, t=t, parameterization="epsilon", weighting="sigma2", dim_reduction="mean",
+                         eps=1e-5, generator=torch.Generator().manual_seed(3), model_kwargs={"y": y}).mean())
+    assert all(torch.equal(a, b) for a, b in zip(old, new))

@@ -11,7 +11,10 @@
    64 with the probability-flow ODE (adaptive RK45); writes a PNG grid of each.
 4. Computes held-out bits/dim with the probability-flow likelihood, and for a
    full-covariance Gaussian fitted to the dequantised training split, on the
-   same dequantised test points.
+   same dequantised test points; beside each score model's exact (PF ODE)
+   bits/dim, the continuous-time ELBO's bits/dim (:func:`sdekit.sde_elbo`,
+   Song et al. 2021b Thm. 1, ``--elbo-samples`` Monte-Carlo draws of (t, z)
+   per test image; an upper bound on the same model's bits/dim).
 5. Trains (or loads) one class-conditional network with 10% label dropout to
    a null label, and computes its held-out bits/dim on the same test points
    given each image's true label (classifier-free guidance at γ = 1, the
@@ -42,6 +45,7 @@ from pathlib import Path
 import torch
 
 import sdekit
+from sdekit.likelihood import sde_elbo
 
 from .baseline import GaussianBaseline
 from .checkpoint import load_or_train
@@ -52,7 +56,7 @@ from .report import Row, format_accuracy_markdown, format_accuracy_text, format_
 from .train import TrainConfig
 
 #: Seeds of the separate random streams, as offsets from ``--seed``.
-STREAM_PC, STREAM_ODE, STREAM_TEST_DEQ, STREAM_TRAIN_DEQ, STREAM_PROBES, STREAM_GUIDED = 1, 2, 3, 4, 5, 6
+STREAM_PC, STREAM_ODE, STREAM_TEST_DEQ, STREAM_TRAIN_DEQ, STREAM_PROBES, STREAM_GUIDED, STREAM_ELBO = 1, 2, 3, 4, 5, 6, 7
 NUM_CLASSES = 10
 
 
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=_positive_int, default=None, help="test images for bits/dim (default: all)")
     p.add_argument("--rtol", type=_positive_float, default=1e-5, help="RK45 relative tolerance (ODE sampling, likelihood)")
     p.add_argument("--atol", type=_positive_float, default=1e-5, help="RK45 absolute tolerance (ODE sampling, likelihood)")
+    p.add_argument("--elbo-samples", type=_positive_int, default=128,
+                   help="Monte-Carlo draws of (t, z) per test image for the ELBO bits/dim")
     p.add_argument("--cond-train-steps", type=_positive_int, default=3000,
                    help="optimiser steps of the class-conditional network")
     p.add_argument("--label-dropout", type=_dropout, default=0.1,
@@ -232,7 +238,9 @@ def run(args: argparse.Namespace) -> dict:
         generator=_generator(device, args.seed + STREAM_PROBES)), device)
     bpd_uncond = _bits(ll.log_prob)
     bpd, err = _bpd_summary(ll.log_prob)
-    rows.append(Row("Score model likelihood (PF ODE, Hutchinson)", ll.nfe.double().mean().item(), secs, bpd, err))
+    elbo_bpd, elbo_err = _elbo_bpd(args, sde, device, score, x_test)
+    rows.append(Row("Score model likelihood (PF ODE, Hutchinson)", ll.nfe.double().mean().item(), secs, bpd, err,
+                    elbo_bpd, elbo_err, args.elbo_samples))
 
     def gaussian():
         x_train = sdekit.dequantize(train_levels.to(device), LEVELS, DATA_RANGE,
@@ -272,6 +280,9 @@ def run(args: argparse.Namespace) -> dict:
         "bits/dim: mean over test images ± standard error over images; data dequantised "
         "uniformly into [-1, 1] (17 levels), converted with `sdekit.bits_per_dim`. "
         "NFE and time of the likelihood rows are those of the likelihood computation. "
+        f"ELBO bits/dim: the continuous-time variational bound (`sdekit.sde_elbo`, Song et al. 2021b Thm. 1, "
+        f"from t = 1e-5 like the ODE) of the same model on the same points, {args.elbo_samples} importance-sampled "
+        f"draws of (t, z) per image ({args.elbo_samples} network calls); it bounds the model's bits/dim from above. "
         "The class-conditional rows are one network (the guided part's): given each test image's true label "
         "(`sdekit.classifier_free_guidance` at γ = 1 with the labels as per-sample `model_kwargs`; each NFE is "
         "one forward on the doubled batch), and given the null label (its unconditional model).\n\n"
@@ -281,6 +292,16 @@ def run(args: argparse.Namespace) -> dict:
             "checkpoint": trained.path, "pngs": pngs, "results_md": results_md, "conditional_gain": gain,
             "conditional_checkpoint": cond.path, "conditional_loaded": cond.loaded,
             "conditional_train_seconds": cond.seconds, **guided["outputs"]}
+
+
+def _elbo_bpd(args, sde, device, score, x_test, model_kwargs=None) -> tuple[float, float]:
+    """Mean ELBO bits/dim over the test points and its standard error over points (the bound of
+    :func:`sdekit.sde_elbo` from ``t = 1e-5``, ``args.elbo_samples`` draws per point)."""
+    with torch.no_grad():
+        res = sde_elbo(score, sde, x_test, eps=1e-5, n_samples=args.elbo_samples,
+                                         generator=_generator(device, args.seed + STREAM_ELBO),
+                                         model_kwargs=model_kwargs)
+    return _bpd_summary(res.elbo)
 
 
 def _conditional_network(args, sde, device, out: Path, train_levels, train_labels, progress):
@@ -302,7 +323,11 @@ def _conditional_likelihood(args, sde, device, net, x_test, labels) -> tuple[lis
             net, sde, x_test, y, trace="hutchinson", probes=1, rtol=args.rtol, atol=args.atol, eps=1e-5,
             generator=_generator(device, args.seed + STREAM_PROBES)), device)
         bpds.append(_bits(ll.log_prob))
-        rows.append(Row(name, ll.nfe.double().mean().item(), secs, *_mean_stderr(bpds[-1])))
+        # the ELBO of the same model: the network called with the true labels (= CFG at γ = 1) or the null label
+        y_elbo = torch.full((len(x_test),), net.null_label, dtype=torch.int64, device=device) if y is None else y
+        elbo = _elbo_bpd(args, sde, device, sdekit.score_from_epsilon(net, sde), x_test, {"y": y_elbo})
+        rows.append(Row(name, ll.nfe.double().mean().item(), secs, *_mean_stderr(bpds[-1]), *elbo,
+                        args.elbo_samples))
     return rows, (bpds[0], bpds[1])
 
 

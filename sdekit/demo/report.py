@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-HEADER = ("method", "NFE / sample", "wall time (s)", "bits/dim")
+HEADER = ("method", "NFE / sample", "wall time (s)", "bits/dim", "ELBO bits/dim")
 
 
 @dataclass
@@ -18,6 +18,10 @@ class Row:
         seconds: wall time in seconds.
         bpd: mean held-out bits/dim; ``None`` for "-" (sampling rows).
         bpd_stderr: standard error of ``bpd`` over test points (optional).
+        elbo_bpd: mean held-out bits/dim of the continuous-time ELBO (:func:`sdekit.sde_elbo`, an upper
+            bound on the model's bits/dim) for the same model and test points; ``None`` for "-".
+        elbo_stderr: standard error of ``elbo_bpd`` over test points (Monte-Carlo noise included).
+        elbo_nfe: network evaluations per test point of the ELBO (optional, reported in the text).
     """
 
     method: str
@@ -25,16 +29,23 @@ class Row:
     seconds: float
     bpd: float | None = None
     bpd_stderr: float | None = None
+    elbo_bpd: float | None = None
+    elbo_stderr: float | None = None
+    elbo_nfe: float | None = None
 
-    def cells(self) -> tuple[str, str, str, str]:
+    def cells(self) -> tuple[str, str, str, str, str]:
         nfe = "-" if self.nfe is None else f"{self.nfe:.0f}" if float(self.nfe).is_integer() else f"{self.nfe:.1f}"
-        if self.bpd is None:
-            bpd = "-"
-        elif self.bpd_stderr is None or not math.isfinite(self.bpd_stderr):
-            bpd = f"{self.bpd:.3f}"
-        else:
-            bpd = f"{self.bpd:.3f} ± {self.bpd_stderr:.3f}"
-        return (self.method, nfe, f"{self.seconds:.1f}", bpd)
+        return (self.method, nfe, f"{self.seconds:.1f}", _bpd_cell(self.bpd, self.bpd_stderr),
+                _bpd_cell(self.elbo_bpd, self.elbo_stderr))
+
+
+def _bpd_cell(value: float | None, stderr: float | None) -> str:
+    """``"-"``, ``"x.xxx"`` or ``"x.xxx ± y.yyy"``."""
+    if value is None:
+        return "-"
+    if stderr is None or not math.isfinite(stderr):
+        return f"{value:.3f}"
+    return f"{value:.3f} ± {stderr:.3f}"
 
 
 def format_text(rows: list[Row]) -> str:
@@ -48,7 +59,7 @@ def format_text(rows: list[Row]) -> str:
 
 def format_markdown(rows: list[Row]) -> str:
     """GitHub-flavoured markdown table of ``rows``."""
-    lines = ["| " + " | ".join(HEADER) + " |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| " + " | ".join(HEADER) + " |", "| --- |" + " ---: |" * (len(HEADER) - 1)]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
     return "\n".join(lines)
 
