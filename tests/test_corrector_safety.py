@@ -33,6 +33,7 @@ import torch
 from mixture_checks import assert_matches_mixture
 
 import sdekit
+from test_sample_inputs import NonLinearSDE
 from sdekit.testing.mixture import GaussianMixture
 
 #: Standard errors allowed on the variance statistic.
@@ -215,20 +216,7 @@ def test_rules_in_high_dimension(rule):
 def test_sigma_rules_need_a_linear_sde():
     from sdekit.sampling import Langevin
 
-    class Cubic(sdekit.sdes.AbstractSDE):
-        T = 1.0
-
-        def drift(self, x, t):
-            return -(x**3)
-
-        def diffusion(self, x, t):
-            return torch.ones_like(t)
-
-        def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
-            return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-        def prior_log_prob(self, z):
-            return -0.5 * z.flatten(1).pow(2).sum(1)
+    Cubic = NonLinearSDE
 
     with pytest.raises(TypeError, match="corrector_norm='sigma' needs a linear SDE"):
         Langevin(Cubic(), lambda x, t: -x, 0.1, 1, norm="sigma")
