@@ -68,7 +68,7 @@ def work_precision(tols=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)):
         pts = []
         for tol in tols:
             sol = sdekit.odeint(lambda t, y: y * torch.cos(t), y0, t, method=name, rtol=tol, atol=tol,
-                                return_solution=True)
+                                per_sample=True, return_solution=True)
             pts.append((float(sol.nfe.double().mean()), float((sol.ys - exact).abs().max())))
         out[name] = pts
     return out

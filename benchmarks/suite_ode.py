@@ -22,7 +22,7 @@ the cost that scales with the batch; *calls* is the number of batched calls.
 
 Implementations and how they treat the batch:
 
-* ``sdekit dopri5`` / ``sdekit tsit5``: ``sdekit.odeint(func, y0, t, method=..., rtol, atol)``
+* ``sdekit dopri5`` / ``sdekit tsit5``: ``sdekit.odeint(func, y0, t, method=..., rtol, atol, per_sample=True)``
   with ``y0`` ``(B, d)``: per-sample step sizes and error norms; finished samples drop
   out of the batch (``func`` sees only the active rows).  Default PI controller.
 * ``torchdiffeq dopri5``: ``torchdiffeq.odeint(func, y0, t, rtol=, atol=, method="dopri5")``
@@ -113,7 +113,7 @@ def solve(impl: str, p: Problem, tol: float) -> dict:
     if impl.startswith("sdekit"):
         f = Counter(p.func)
         sol = sdekit.odeint(f, p.y0, torch.tensor([0.0, p.t1], dtype=F64), method=impl.split()[1], rtol=tol,
-                            atol=tol, args=p.args, return_solution=True, max_steps=100_000)
+                            atol=tol, args=p.args, per_sample=True, return_solution=True, max_steps=100_000)
         yT, per_sample = sol.ys[-1], sol.nfe
     else:
         full_args = p.args
