@@ -378,7 +378,7 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
     out_cols = torch.arange(n, device=dev)
     per_attempt = tableau.stages - 1 if tableau.fsal else tableau.stages
     eps = torch.finfo(y0.dtype).eps
-    span_floor = eps * torch.where(torch.isfinite(span), span, torch.zeros_like(span)).detach()
+    span_floor = eps * eps * torch.where(torch.isfinite(span), span, torch.zeros_like(span)).detach()
     event_t = sign0 = None
     if event is not None:
         sign0 = torch.sign(event.fn(t0, y0, *args))
@@ -418,7 +418,7 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         err = err.detach()  # step-size control is not differentiated (torchdiffeq, Chen et al. 2018)
         h_next = (step.detach().abs() * controller.factor(err, sel(err_prev), tableau.error_order,
                                                           sel(last_rejected))).clamp(opts.min_step, opts.max_step)
-        floor = torch.maximum(eps * ti.detach().abs(), sel(span_floor))  # steps below round-off of t make no progress
+        floor = torch.maximum(0.25 * eps * ti.detach().abs(), sel(span_floor))  # below half an ulp of t: no progress
         collapse = ~bad_f & ~reached_end(hit, nbi, last_bar, accept) & (h_next <= floor)
         fault = bad_f | collapse
         t_next = torch.where(accept, torch.where(hit, bari, ti + step), ti)
