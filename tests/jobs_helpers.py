@@ -137,3 +137,34 @@ def race_main(out, seed, ready, go):
         print(f"REFUSED {type(err).__name__}: {err}", flush=True)
         raise SystemExit(3) from None
     print(f"OK {seed}", flush=True)
+
+
+# --- model fingerprints (tests/test_jobs_fingerprint.py) --------------------------------------------------
+class DiagonalEpsNet(torch.nn.Module):
+    """ε̂(x, t) = scale ⊙ x + shift (per-row, element-wise: batch-invariant); parameters ``(2,)`` each."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.full((2,), 0.5))
+        self.shift = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x, t):
+        return x * self.scale + self.shift
+
+
+def save_eps_net(path, scale=0.5, shift=0.0):
+    """Write the weights of a :class:`DiagonalEpsNet` to ``path`` (a "checkpoint", retrained = other values)."""
+    net = DiagonalEpsNet()
+    with torch.no_grad():
+        net.scale.fill_(scale)
+        net.shift.fill_(shift)
+    torch.save(net.state_dict(), path)
+
+
+def eps_net_score(path):
+    """Model factory: a :class:`DiagonalEpsNet` loaded from ``path``, as a score via ``score_from_epsilon`` (VPSDE)."""
+    import sdekit
+
+    net = DiagonalEpsNet()
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return sdekit.score_from_epsilon(net.requires_grad_(False), sdekit.VPSDE())

@@ -17,6 +17,11 @@ e.g. class labels ``i mod 10`` for a class-conditional model::
 
 ``--model-kwargs`` are the arguments of the model *factory*; the model's
 per-sample keyword arguments come from ``--cond`` / ``--cond-kwargs``.
+
+The model's weights are fingerprinted (sha256 of the state dict of the
+``nn.Module`` it is or wraps) so that a retrained checkpoint behind the same
+factory is refused in an old directory; ``--model-version TEXT`` names them
+instead (:mod:`sdekit.jobs.fingerprint`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="output directory (created; reused to resume)")
     p.add_argument("--model", required=True, help="score-model factory, 'package.module:function'")
     p.add_argument("--model-kwargs", type=_json, default={}, help="JSON object of factory arguments")
+    p.add_argument("--model-version", default=None,
+                   help="identifies the model's weights in the configuration instead of the sha256 of its "
+                        "state dict (default: that sha256; 'unfingerprinted' for a model with no nn.Module)")
     p.add_argument("--cond", default=None,
                    help="conditioning factory 'package.module:function': its result maps the global sample "
                         "indices of a batch to the model's keyword arguments (default: unconditional)")

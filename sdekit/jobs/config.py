@@ -1,9 +1,11 @@
 """A job's configuration: canonical JSON, its hash, and the check that refuses mixing configurations.
 
 The configuration is everything that determines the results bit for bit
-(model and data factories with their arguments, SDE, seed, solver settings,
-number of samples, shard size, dtype, device type, library versions); it
-leaves out what does not (batch size, number of ranks).
+(model and data factories with their arguments, the model's fingerprint
+(:mod:`sdekit.jobs.fingerprint`: its weights' sha256, a ``model_version``, or
+``"unfingerprinted"``), SDE, seed, solver settings, number of samples, shard
+size, dtype, device type, library versions); it leaves out what does not
+(batch size, number of ranks).
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ import torch
 class ConfigMismatchError(ValueError):
     """An output directory holds a job with a different configuration.
 
+    The message names the differing keys with both values; when the model
+    fingerprint differs it says so first (other weights behind the same
+    factory, or another ``model_version``), and a directory written before
+    fingerprints existed (its configuration has no ``"model_fingerprint"``) is
+    named as such.
+
     Attributes:
         keys: the differing top-level keys.
     """
@@ -24,8 +32,16 @@ class ConfigMismatchError(ValueError):
     def __init__(self, directory, keys, ours: dict, theirs: dict):
         self.keys = list(keys)
         detail = "; ".join(f"{k}: directory has {theirs.get(k)!r}, this run has {ours.get(k)!r}" for k in self.keys)
+        hint = ""
+        if "model_fingerprint" in self.keys:
+            if "model_fingerprint" not in theirs:
+                hint = ("it was written by an sdekit without model fingerprints, so nothing records which model "
+                        "weights its shards came from; ")
+            else:
+                hint = ("the model fingerprint differs: the model factory now gives other weights (a retrained "
+                        "checkpoint?) or another model_version; ")
         super().__init__(f"output directory {str(directory)!r} holds a job with a different configuration "
-                         f"(differing keys: {', '.join(self.keys)}; {detail}); use a new directory "
+                         f"({hint}differing keys: {', '.join(self.keys)}; {detail}); use a new directory "
                          f"or the same configuration")
 
 

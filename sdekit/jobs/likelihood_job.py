@@ -26,6 +26,7 @@ from .config import environment
 from .distributed import join
 from .factory import build, build_sde, check_sde_spec, check_spec
 from .fault_policy import apply_policy, check_policy
+from .fingerprint import check_model_version, fingerprint_entry
 from .runner import JobSpec, run_job
 from .sample_job import DTYPES
 from .split import batches
@@ -68,7 +69,8 @@ def likelihood_config(*, model, model_kwargs=None, data, data_kwargs=None, num_s
     return config
 
 
-def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None = None, **config_args):
+def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None = None,
+                       model_version: str | None = None, **config_args):
     """Score every row of a data set into ``out_dir`` in shards; resume if it holds this job already.
 
     Rank 0 writes ``log_likelihood.pt`` (``sample_index`` ``(N,)``, ``log_prob``,
@@ -94,12 +96,17 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
             :func:`~sdekit.jobs.run_sample_job`: row ``i`` is scored with
             ``model_kwargs=conditioner([i])``, so ``log_prob[i]`` is
             ``log p(x_i | c_i)`` for the pair (data row ``i``, condition of index ``i``).
+        model_version: as in :func:`~sdekit.jobs.run_sample_job` (``None``: the
+            weights' sha256; a string: used instead), the configuration's
+            ``"model_fingerprint"`` (:mod:`sdekit.jobs.fingerprint`).
     Returns:
         :class:`~sdekit.jobs.runner.JobResult`.
     Raises:
         ValueError / TypeError: on a bad argument (named) or data of the wrong kind.
         ConfigMismatchError: if ``out_dir`` holds a job with another configuration
-            (``cond`` and ``cond_kwargs`` included).
+            (``cond`` and ``cond_kwargs`` included; other model weights or
+            ``model_version``, naming ``model_fingerprint``; or a directory
+            written before model fingerprints existed).
         OutputDirectoryBusyError: if another job is running in ``out_dir``
             (names the directory and the holder's pid and host; :mod:`sdekit.jobs.lock`).
         TypeError / ValueError: naming the conditioning factory, if it returns no
@@ -107,6 +114,7 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
         NonFiniteError: under ``on_nonfinite="raise"``, with row index, evaluation and ``t``.
     """
     batch_size = check_positive_int("batch_size", batch_size)
+    model_version = check_model_version(model_version)
     probe = likelihood_config(num_samples=1, **config_args)  # checks the arguments before building anything
     device = probe["device_type"]
     data = build("data", probe["data"])
@@ -119,6 +127,7 @@ def run_likelihood_job(out_dir, *, batch_size: int = 64, num_samples: int | None
     config["data_shape"] = list(data.shape[1:])
     ctx = join(device)
     score, sde = build("model", config["model"]), build_sde(config["sde"])
+    config["model_fingerprint"] = fingerprint_entry(score, model_version)
     cond = build_conditioning(config.get("cond"), ctx.device)
     data = data.to(device=ctx.device, dtype=DTYPES[config["dtype"]])
     compute = _shard_computer(config, score, sde, cond, data, batch_size, ctx.device)

@@ -15,7 +15,10 @@ all ranks of a ``torchrun`` job), and the manifest is created exclusively;
 a second job is refused with :class:`~sdekit.jobs.lock.OutputDirectoryBusyError`
 naming the directory and the holder.  A directory whose ``manifest.json``
 holds another configuration is refused
-(:class:`~sdekit.jobs.config.ConfigMismatchError`, naming the differing keys).
+(:class:`~sdekit.jobs.config.ConfigMismatchError`, naming the differing keys;
+the configuration includes the model's fingerprint, :mod:`sdekit.jobs.fingerprint`,
+so shards of other weights behind the same factory are never reused, and a
+manifest without one, written before fingerprints existed, is refused too).
 
 Every file is written atomically (:mod:`sdekit.jobs.shard_io`), the shard's
 record after the shard.  A shard counts as done only if
@@ -44,7 +47,9 @@ writes, stale files, hand edits that forget a checksum), not tampering:
 anyone who can write the directory can also recompute the checksums.
 What keeps a hostile shard file from running code is ``weights_only=True``
 (a refused file is recomputed); a well-formed hostile shard with valid
-checksums and plausible numbers would be merged.
+checksums and plausible numbers would be merged.  The model fingerprint is
+the same kind of check: it tells other weights from the recorded ones, and
+anyone who can edit the manifest can change it (see :mod:`sdekit.jobs`).
 
 Test hook: with ``SDEKIT_JOBS_KILL_AFTER_SHARDS=k`` in the environment a
 process sends itself SIGKILL right after writing its ``k``-th shard (to

@@ -25,6 +25,7 @@ from .config import environment
 from .distributed import join
 from .factory import build, build_sde, check_sde_spec, check_spec
 from .fault_policy import apply_policy, check_policy
+from .fingerprint import check_model_version, fingerprint_entry
 from .runner import JobSpec, run_job
 from .split import batches
 
@@ -65,7 +66,7 @@ def sample_config(*, model, model_kwargs=None, sde="VPSDE", sde_kwargs=None, sha
     return config
 
 
-def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
+def run_sample_job(out_dir, *, batch_size: int = 64, model_version: str | None = None, **config_args):
     """Draw ``num_samples`` samples into ``out_dir`` in shards; resume if it holds this job already.
 
     Under ``torchrun --nproc-per-node N`` each rank computes its shards
@@ -98,13 +99,20 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
             sample_index=[i], model_kwargs=conditioner([i]))``
             (:mod:`sdekit.jobs.conditioning`).
         cond_kwargs: JSON object of keyword arguments for the conditioning factory.
+        model_version: ``None`` (default) to identify the model by the sha256 of
+            its weights (the state dicts of the ``nn.Module`` it is or wraps), or a
+            non-empty string used instead (``"version:<text>"``); a model with no
+            module is ``"unfingerprinted"``.  Part of the configuration as
+            ``"model_fingerprint"`` (:mod:`sdekit.jobs.fingerprint`).
     Returns:
         :class:`~sdekit.jobs.runner.JobResult`; its ``summary`` (rank 0) has
         ``num_samples``, ``excluded`` (faulted samples) and ``mean_nfe`` over the others.
     Raises:
         ValueError / TypeError: on a bad argument (named).
         ConfigMismatchError: if ``out_dir`` holds a job with another configuration
-            (also another ``cond`` or ``cond_kwargs``, or one with and one without).
+            (also another ``cond`` or ``cond_kwargs``, or one with and one without;
+            other model weights or ``model_version``, naming ``model_fingerprint``;
+            or a directory written before model fingerprints existed).
         OutputDirectoryBusyError: if another job is running in ``out_dir``
             (names the directory and the holder's pid and host; :mod:`sdekit.jobs.lock`).
         TypeError / ValueError: naming the conditioning factory, if it returns no
@@ -114,8 +122,10 @@ def run_sample_job(out_dir, *, batch_size: int = 64, **config_args):
     """
     config = sample_config(**config_args)
     batch_size = check_positive_int("batch_size", batch_size)
+    model_version = check_model_version(model_version)
     ctx = join(config["device_type"])
     score, sde = build("model", config["model"]), build_sde(config["sde"])
+    config["model_fingerprint"] = fingerprint_entry(score, model_version)
     cond = build_conditioning(config.get("cond"), ctx.device)
     compute = _shard_computer(config, score, sde, cond, batch_size, ctx.device)
     tensors: dict[str, tuple[str, list[int]]] = {  # what every shard holds (checked on resume)
