@@ -58,7 +58,8 @@ def _exact(prob, method, paths, y0, d):
     return prob.exact(torch.full((paths, d), y0, dtype=F64), T, W_T)
 
 
-# (method, problem, y0, state dimension, k range (dt = 2^-k), paths)
+# (method, problem, y0, state dimension, k range (dt = 2^-k), paths).  The additive problem is declared
+# Stratonovich for torchsde's Stratonovich methods (the same SDE: additive noise), as torchsde requires.
 STRONG = [
     ("euler", GBM(0.5, 0.5), 1.0, 1, range(4, 10), 1000),
     ("euler", ArctanProblem(0.5), 0.5, 1, range(4, 10), 1000),
@@ -70,11 +71,11 @@ STRONG = [
     ("derivative_free_milstein", ArctanProblem(0.5), 0.5, 1, range(4, 10), 1000),
     ("derivative_free_milstein", GBM(0.5, 0.5, S), 1.0, 1, range(4, 10), 1000),
     ("heun", ArctanProblem(0.5, S), 0.5, 1, range(4, 10), 1000),
-    ("heun", NonlinearAdditiveProblem(), 0.5, 1, range(3, 9), 500),
+    ("heun", NonlinearAdditiveProblem(sde_type=S), 0.5, 1, range(3, 9), 500),
     ("midpoint", ArctanProblem(0.5, S), 0.5, 1, range(4, 10), 1000),
     ("euler_heun", GBM(0.5, 0.5, S), 1.0, 1, range(4, 10), 1000),
     ("reversible_heun", ArctanProblem(0.5, S), 0.5, 1, range(4, 10), 1000),
-    ("reversible_heun", NonlinearAdditiveProblem(), 0.5, 1, range(3, 9), 500),
+    ("reversible_heun", NonlinearAdditiveProblem(sde_type=S), 0.5, 1, range(3, 9), 500),
     ("sra1", NonlinearAdditiveProblem(), 0.5, 1, range(3, 9), 500),
     ("sra3", NonlinearAdditiveProblem(), 0.5, 1, range(3, 9), 500),
     ("sri2", GBM(0.5, 0.5), 1.0, 1, range(4, 10), 1000),

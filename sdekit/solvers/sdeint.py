@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import torch
 
 from .._checks import check_batch, check_finite, check_positive, check_tensor
 from ..brownian import BrownianTree, CallableBrownian, SequentialBrownian, depth_for_step
 from .sde import as_problem, default_method, resolve
+from .sde.problem import RenamedSDE, check_prior_drift, with_logqp
 
 
 def _check_ts(ts) -> list[float]:
+    if isinstance(ts, torch.Tensor):
+        ts = ts.detach().to("cpu", torch.float64)
     ts = torch.as_tensor(ts, dtype=torch.float64)
     if ts.dim() != 1 or ts.numel() < 2:
         raise ValueError(f"ts must be 1-D with at least 2 times, got shape {tuple(ts.shape)}")
@@ -67,20 +72,99 @@ def _brownian(bm, seed, sample_index, generator, times, grid, size, y0):
                         depth=depth_for_step(times[0], times[-1], min_step), dtype=y0.dtype, device=y0.device)
 
 
-def sdeint(sde, y0: torch.Tensor, ts, method: str | None = None, dt: float = 1e-3, generator=None, *,
-           bm=None, seed: int | None = None, sample_index=None, options: dict | None = None,
-           adaptive: bool = False, rtol=None, atol=None, dt_min=None, names=None, logqp: bool = False
-           ) -> torch.Tensor:
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _legacy_positional(bm, method, dt, adaptive, generator):
+    """Read sdekit's old positional order ``sdeint(sde, y0, ts, method, dt, generator)``.
+
+    A ``str`` where ``bm`` now stands is the old ``method``; a number where ``method``
+    stands is the old ``dt``; a ``torch.Generator`` where ``dt`` or ``adaptive`` stands is
+    the old ``generator``.  Warns (``DeprecationWarning``) with the keyword call to write.
+
+    Raises:
+        ValueError: if the old and new readings collide (``dt`` or ``generator`` twice, or a
+            ``str`` both where ``bm`` and where ``method`` stand).
+    """
+    moved = []
+
+    def take_generator(value):
+        if generator is not None:
+            raise ValueError("sdeint got a torch.Generator positionally (sdekit's old order) and generator= too")
+        moved.append("generator=...")
+        return value
+
+    if isinstance(bm, str):
+        if method is not None and not _is_number(method):
+            raise ValueError(f"sdeint got {bm!r} where bm stands and method={method!r}: "
+                             "write sdeint(sde, y0, ts, method=..., dt=...)")
+        moved.append(f"method={bm!r}")
+        bm, method, old_dt = None, bm, method
+    elif _is_number(method):
+        method, old_dt = None, method
+    else:
+        old_dt = None
+    if old_dt is not None:
+        moved.append(f"dt={old_dt!r}")
+        if isinstance(dt, torch.Generator):
+            generator = take_generator(dt)
+        elif dt != 1e-3:
+            raise ValueError(f"sdeint got dt twice: {old_dt!r} where method stands (sdekit's old order) and dt={dt!r}")
+        dt = old_dt
+    elif isinstance(dt, torch.Generator):
+        generator, dt = take_generator(dt), 1e-3
+    if isinstance(adaptive, torch.Generator):
+        generator, adaptive = take_generator(adaptive), False
+    if moved:
+        warnings.warn(
+            "sdeint's positional order is now torchsde's (sde, y0, ts, bm, method, dt, adaptive, ...); this call "
+            "used sdekit's old order (sde, y0, ts, method, dt, generator). Write "
+            f"sdeint(sde, y0, ts, {', '.join(moved)}) with keywords instead",
+            DeprecationWarning, stacklevel=3)
+    return bm, method, dt, adaptive, generator
+
+
+def _padded(increments, extra: int):
+    """Append ``extra`` zero channels to each ``(ΔW, ΔZ)`` (the logqp coordinate's unused noise)."""
+    for dW, dZ in increments:
+        pad = dW.new_zeros(dW.shape[:-1] + (extra,))
+        yield torch.cat([dW, pad], dim=-1), (torch.cat([dZ, pad], dim=-1) if dZ is not None else None)
+
+
+def _has_area(bm) -> bool:
+    """Whether a ``bm`` gives ``∫ (W − W_ta) ds`` (``return_U=True``): torchsde's levy_area_approximation."""
+    return getattr(bm, "levy_area_approximation", "none") != "none"
+
+
+def _check_extra_state(given, initial: tuple) -> tuple:
+    if not isinstance(given, (tuple, list)) or not all(isinstance(v, torch.Tensor) for v in given):
+        raise TypeError(f"extra_solver_state must be a tuple of tensors (as returned with extra=True), "
+                        f"got {type(given).__name__}")
+    if len(given) != len(initial):
+        raise ValueError(f"extra_solver_state has {len(given)} tensors, this method's state has {len(initial)}")
+    for k, (a, b) in enumerate(zip(given, initial)):
+        if a.shape != b.shape:
+            raise ValueError(f"extra_solver_state[{k}] has shape {tuple(a.shape)}, expected {tuple(b.shape)}")
+    return tuple(given)
+
+
+def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: float = 1e-3,
+           adaptive: bool = False, rtol: float = 1e-5, atol: float = 1e-4, dt_min: float = 1e-5,
+           options: dict | None = None, names: dict | None = None, logqp: bool = False, extra: bool = False,
+           extra_solver_state=None, *, generator=None, seed: int | None = None, sample_index=None):
     """Solve ``dy = f(t, y) dt + g(t, y) dW`` (Itô or Stratonovich) from ``ts[0]``; the path at ``ts``.
 
-    Each interval ``[ts[k], ts[k+1]]`` is split into ``ceil(length/dt)`` equal steps, so the
-    outputs land exactly on ``ts`` (no interpolation).  Methods (torchsde's names work;
-    the README's migration table maps them):
+    torchsde's ``sdeint`` signature and return conventions (``torchsde.sdeint``,
+    v0.2.6), plus sdekit's keyed Brownian sources (``generator``, ``seed``,
+    ``sample_index``, keyword-only).  Each interval ``[ts[k], ts[k+1]]`` is split into
+    ``ceil(length/dt)`` equal steps, so the outputs land exactly on ``ts`` (no
+    interpolation).  Methods (torchsde's names work; the README's migration table maps them):
 
     ========================== ============== ================================ ====== =====
     method                     SDE type       noise types                      strong weak
     ========================== ============== ================================ ====== =====
-    ``euler``                  Itô            all (Stratonovich: additive)     0.5¹   1.0
+    ``euler``                  Itô            all (Stratonovich: additive²)    0.5¹   1.0
     ``milstein``               Itô, Strat.    diagonal, scalar, additive       1.0    1.0
     ``derivative_free_milstein`` Itô, Strat.  diagonal, scalar, additive       1.0    1.0
     ``heun``                   Stratonovich²  all                              1.0³   1.0
@@ -93,9 +177,28 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str | None = None, dt: float = 1e-
     ``srk``                    = ``sra1`` for additive noise, ``sri2`` for diagonal / scalar
     ========================== ============== ================================ ====== =====
 
-    ¹ 1.0 for additive noise.  ² also Itô SDEs with additive noise.  ³ 0.5 for general noise.
+    ¹ 1.0 for additive noise.  ² with additive noise the other SDE type too, for sdekit-style
+    SDEs only (torchsde-style SDEs follow torchsde's rule, see below).
+    ³ 0.5 for general noise.
     ⁴ not declared (no source we can cite; measured by benchmarks/orders_sde.py).
-    Sources are in each solver's docstring (:mod:`sdekit.solvers.sde`).
+    Sources are in each solver's docstring (:mod:`sdekit.solvers.sde`).  For torchsde-style
+    SDEs a method raises ``ValueError`` exactly where torchsde's raises: torchsde's names
+    keep torchsde's SDE type even for additive noise (``euler``, ``srk``: Itô; ``heun``,
+    ``midpoint``, ``euler_heun``, ``reversible_heun``: Stratonovich).  With additive noise
+    Itô and Stratonovich SDEs coincide, so for sdekit-style SDEs (``drift`` / ``diffusion``,
+    which torchsde does not take) both families are accepted there.  torchsde's ``log_ode``
+    is not provided (``ValueError``).
+
+    Default method: for torchsde-style SDEs torchsde's — ``srk`` for Itô SDEs with
+    diagonal, scalar or additive noise, ``euler`` for Itô SDEs with general noise,
+    ``midpoint`` for Stratonovich SDEs; where ``srk`` cannot run (a ``bm`` without the
+    space-time area: ``levy_area_approximation`` missing or ``"none"``; an SDE with only
+    ``g_prod``) ``euler`` (torchsde raises there).  sdekit used to default to ``euler``
+    for these too, so a torchsde-style program that passes no method now gets another
+    valid solve of the same SDE: the same law, different numbers on the same path, more
+    evaluations per step (pass ``method="euler"`` for the old numbers).  For sdekit-style
+    SDEs (``drift`` / ``diffusion``, which torchsde does not take) the default is
+    unchanged: ``euler`` for Itô SDEs and additive noise, ``heun`` for Stratonovich SDEs.
 
     The Brownian motion, in order of precedence:
 
@@ -113,45 +216,74 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str | None = None, dt: float = 1e-
       path changes with ``dt`` and with the batch;
     * none: a seed is drawn from torch's global generator (``torch.manual_seed`` reproduces it).
 
+    Old positional calls ``sdeint(sde, y0, ts, method, dt, generator)`` (sdekit before
+    torchsde's order) still work: a ``str`` in the ``bm`` position is read as the method,
+    then a number in the ``method`` position as ``dt``, and a ``torch.Generator`` in the
+    ``dt`` or ``adaptive`` position as ``generator``, with a ``DeprecationWarning`` giving
+    the keyword call to write.
+
     Args:
         sde: sdekit-style (``drift(x, t)``, ``diffusion(x, t)`` with ``t`` ``(B,)``; diffusion
             ``(B,)`` or ``(B, *D)``; optional ``noise_type`` / ``sde_type`` attributes) or
             torchsde-style (``f(t, y)``, ``g(t, y)``, ``noise_type``, ``sde_type``, optional
-            ``f_and_g``, ``g_prod``); see :mod:`sdekit.solvers.sde.problem`.
+            ``f_and_g``, ``g_prod``, ``f_and_g_prod``, and ``h(t, y)`` for ``logqp``); see
+            :mod:`sdekit.solvers.sde.problem`.
         y0: ``(B, *D)`` initial state at ``ts[0]`` (``(B, d)`` for torchsde-style SDEs).
-        ts: 1-D strictly increasing times (SDE time), at least 2.
-        method: a name from the table (default ``euler`` for Itô SDEs and additive noise,
-            ``heun`` for Stratonovich SDEs).
-        dt: largest step size (> 0).
-        generator: ``torch.Generator`` for the increments (see above).
-        bm: a Brownian motion object (see above); its shape must be ``(B, *S)``.
-        seed: integer in [0, 2⁶⁴) keying the Brownian tree.
-        sample_index: int64 ``(B,)`` per-sample keys (default ``arange(B)``), with ``seed``.
+        ts: 1-D strictly increasing times (SDE time), at least 2: a tensor or a sequence.
+        bm: a Brownian motion object (see above); its shape must be ``(B, *S)`` (with
+            ``logqp`` and diagonal noise ``(B, d + 1)``, as torchsde, or ``(B, d)``).
+        method: a name from the table (default: see above).
+        dt: the step size (> 0; each interval takes the largest step ≤ ``dt`` that divides it).
+        adaptive: must be ``False``: adaptive stepping is not provided yet (raises).
+        rtol, atol, dt_min: torchsde's adaptive-stepping tolerances; ignored (as torchsde
+            ignores them without ``adaptive``).
         options: ``{"grad_free": True}`` turns ``milstein`` into ``derivative_free_milstein``
             (torchsde's option).
-        adaptive, rtol, atol, dt_min, names, logqp: torchsde's arguments.  Adaptive stepping,
-            renamed methods and the log-ratio penalty are not supported: ``adaptive=True``,
-            ``names`` or ``logqp=True`` raise; ``rtol``/``atol``/``dt_min`` are ignored as
-            torchsde ignores them without ``adaptive``.
+        names: torchsde's method renaming, a dict with keys among ``drift``, ``diffusion``,
+            ``prior_drift``, ``diffusion_prod``, ``drift_and_diffusion``,
+            ``drift_and_diffusion_prod`` and values the SDE's method names, e.g.
+            ``{"drift": "forward"}`` (:class:`~sdekit.solvers.sde.problem.RenamedSDE`).
+        logqp: also return the log-ratio penalty ``∫ ½‖u‖² dt`` per interval, ``u`` solving
+            ``g u = f − h`` with ``h`` the prior drift ``sde.h(t, y)`` (torchsde-style SDEs
+            with ``f`` / ``g`` or ``f_and_g``, and ``h``): the state gets one more
+            coordinate that the chosen method integrates
+            (:func:`~sdekit.solvers.sde.problem.with_logqp`; Li et al. 2020, §9.6).
+        extra: also return the solver's state after the last step (a tuple of tensors;
+            ``()`` for one-step methods, ``(f, g, z)`` for ``reversible_heun``, torchsde's
+            order).  With ``logqp`` the state is the augmented one, ``(B, d + 1)``; its
+            penalty entry restarts with each solve and does not feed back into ``ys``.
+        extra_solver_state: the solver state to start from (as returned with ``extra=True``;
+            default: the method's own initial state at ``(ts[0], y0)``).
+        generator: ``torch.Generator`` for the increments (see above).
+        seed: integer in [0, 2⁶⁴) keying the Brownian tree.
+        sample_index: int64 ``(B,)`` per-sample keys (default ``arange(B)``), with ``seed``.
     Returns:
-        ``(len(ts), B, *D)`` in ``y0``'s dtype, with ``out[0] = y0``.
+        ``ys``: ``(len(ts), B, *D)`` in ``y0``'s dtype, with ``ys[0] = y0``; with
+        ``logqp=True`` ``(ys, log_ratio)``, ``log_ratio`` of shape ``(len(ts) − 1, B)`` (the
+        penalty over each interval ``[ts[k], ts[k+1]]``); with ``extra=True`` the solver
+        state is appended: ``(ys, state)`` or ``(ys, log_ratio, state)``.
     Raises:
-        ValueError: non-finite ``y0`` or one with no rows (``B = 0``); ``dt <= 0``; ``ts`` not 1-D, not finite or not strictly
-            increasing; an unknown method; a method that does not support the SDE's noise
-            type or SDE type (the message names both); ``f`` / ``g`` returning the wrong
-            shape or non-finite values at ``(ts[0], y0)``; a ``bm`` of the wrong shape or span;
-            more than one of ``bm`` / ``seed`` / ``generator``; unsupported torchsde options.
-        TypeError: ``y0`` not a floating tensor, ``dt`` not a real number, or ``sde``
-            following neither protocol.
+        ValueError: ``adaptive=True`` ("adaptive stepping is not provided yet"); non-finite
+            ``y0`` or one with no rows (``B = 0``); ``dt <= 0``; ``ts`` not 1-D, not finite
+            or not strictly increasing; an unknown method or one sdekit does not provide
+            (``log_ode``); a method that does not support the SDE's noise type or SDE type
+            (the message names both); ``sra*``/``sri2``/``srk`` with a ``bm`` without the
+            space-time area; ``f`` / ``g`` / ``h`` returning the wrong shape or non-finite
+            values at ``(ts[0], y0)``; a ``bm`` of the wrong shape or span; more than one of
+            ``bm`` / ``seed`` / ``generator``; unsupported torchsde options; ``names`` keys
+            or values that do not exist; ``logqp`` without ``h`` or with only ``g_prod``;
+            an ``extra_solver_state`` of the wrong length or shapes.
+        TypeError: ``y0`` not a floating tensor, ``dt`` not a real number, ``sde``
+            following neither protocol, ``names`` not a dict, ``extra_solver_state`` not a
+            tuple of tensors.
     """
-    if adaptive:
-        raise ValueError("adaptive=True is not supported: sdekit's SDE solvers take fixed steps of at most dt")
-    if names is not None:
-        raise ValueError("names is not supported: give the SDE methods the names f and g (or drift and diffusion)")
-    if logqp:
-        raise ValueError("logqp is not supported by sdekit.sdeint")
+    bm, method, dt, adaptive, generator = _legacy_positional(bm, method, dt, adaptive, generator)
+    if method is not None and not isinstance(method, str):
+        raise TypeError(f"method must be a method name (str) or None, got {type(method).__name__}")
     if options is not None and not set(options) <= {"grad_free"}:
         raise ValueError(f"options may only hold 'grad_free', got {sorted(options)}")
+    if names is not None:
+        sde = RenamedSDE(sde, names)
     check_tensor("y0", y0, min_dim=1)
     check_batch("y0", y0)
     check_finite("y0", y0)
@@ -162,25 +294,64 @@ def sdeint(sde, y0: torch.Tensor, ts, method: str | None = None, dt: float = 1e-
 
     noise_size = getattr(bm, "shape", (None, None))[-1] if bm is not None else None
     problem = as_problem(sde, y0, t_grid[0], noise_size)
+    base_noise = problem.noise_shape
+    if logqp:
+        if hasattr(sde, "drift") and hasattr(sde, "diffusion"):
+            raise ValueError("logqp=True needs a torchsde-style SDE (f, g and the prior drift h(t, y))")
+        h = getattr(sde, "h", None)
+        if h is None:
+            raise ValueError("logqp=True needs the prior drift h(t, y) as a method of sde (or names={'prior_drift': ...})")
+        check_prior_drift(h, t_grid[0], y0)
+        problem = with_logqp(problem, h, y0)
     if method is None:
-        method = default_method(problem.noise_type, problem.sde_type)
-    solver = resolve(method, problem.noise_type, problem.sde_type, options)(problem)
+        method = default_method(problem.noise_type, problem.sde_type, problem.torchsde_style)
+        if method == "srk" and ((bm is not None and not _has_area(bm)) or not problem.has_diffusion):
+            method = "euler"
+    if adaptive and method == "euler" and problem.noise_type != "additive":  # torchsde warns here, before its checks
+        warnings.warn("adaptive time-stepping with the Euler–Maruyama method and non-additive noise is not "
+                      "guaranteed to converge to the correct solution", UserWarning, stacklevel=2)
+    solver = resolve(method, problem.noise_type, problem.sde_type, options,
+                     torchsde_types=problem.torchsde_style)(problem)
+    if solver.uses_area and bm is not None and not isinstance(bm, BrownianTree) and not _has_area(bm):
+        raise ValueError(f"method={method!r} needs the space-time Lévy area ∫(W − W_ta) ds from bm: create it with "
+                         "levy_area_approximation='space-time' (or 'davie' / 'foster')")
+    if adaptive:
+        raise ValueError("adaptive stepping is not provided yet: sdekit.sdeint takes fixed steps of at most dt "
+                         "(pass adaptive=False)")
+    if not isinstance(adaptive, (bool, int)):
+        raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
+
+    y_aug = torch.cat([y0, y0.new_zeros((y0.shape[0], 1))], dim=1) if logqp else y0
     size = (y0.shape[0],) + problem.noise_shape
+    pad = 0
+    if problem.noise_shape != base_noise and tuple(getattr(bm, "shape", ())) != size:
+        size, pad = (y0.shape[0],) + base_noise, problem.noise_shape[-1] - base_noise[-1]
     source = _brownian(bm, seed, sample_index, generator, times, grid, size, y0)
     if isinstance(source, SequentialBrownian):  # each step's increments are used up before the next is drawn
         increments = source.increments(grid, area=solver.uses_area, reuse=True)
     else:
         increments = source.increments(grid, area=solver.uses_area)
+    if pad:
+        increments = _padded(increments, pad)
 
-    y = y0
-    state = solver.init(t_grid[0], y0)
-    out = [y0]
+    y = y_aug
+    state = solver.init(t_grid[0], y_aug)
+    if extra_solver_state is not None:
+        state = _check_extra_state(extra_solver_state, state)
+    out = [y_aug]
     i = 0
     for k, n in enumerate(counts):
-        h = (times[k + 1] - times[k]) / n
+        h_step = (times[k + 1] - times[k]) / n
         for _ in range(n):
             dW, dZ = next(increments)
-            y, state = solver.step(t_grid[i], h, y, state, dW, dZ)
+            y, state = solver.step(t_grid[i], h_step, y, state, dW, dZ)
             i += 1
         out.append(y)
-    return torch.stack(out)
+    ys = torch.stack(out)
+    result: tuple = (ys,)
+    if logqp:
+        ys, L = ys[..., :-1], ys[..., -1]
+        result = (ys, L[1:] - L[:-1])
+    if extra:
+        result = result + (state,)
+    return result[0] if len(result) == 1 else result

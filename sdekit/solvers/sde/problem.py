@@ -59,10 +59,14 @@ class SDEProblem:
         form: "elementwise" or "matrix" (see the module docstring).
         noise_shape: per-sample shape ``S`` of ``W`` (``W`` is ``(B, *S)``).
         n_drift, n_diffusion: evaluations of ``f`` and ``G`` so far (the NFE).
+        torchsde_style: whether the SDE came in through torchsde's protocol (then torchsde's
+            method / SDE type rules apply: :func:`~sdekit.solvers.sde.registry.resolve`).
     """
 
-    def __init__(self, *, f, g, noise_type, sde_type, form, noise_shape, g_prod=None, f_and_g=None):
+    def __init__(self, *, f, g, noise_type, sde_type, form, noise_shape, g_prod=None, f_and_g=None,
+                 torchsde_style: bool = False):
         self._f, self._g, self._g_prod, self._f_and_g = f, g, g_prod, f_and_g
+        self.torchsde_style = torchsde_style
         self.noise_type, self.sde_type, self.form = noise_type, sde_type, form
         self.noise_shape = tuple(noise_shape)
         self.n_drift = 0
@@ -281,7 +285,7 @@ def from_torchsde(sde, y0: torch.Tensor, t0, noise_size=None) -> SDEProblem:
         v = torch.zeros((B, m), dtype=y0.dtype, device=y0.device)
         _check_out("g_prod", g_prod(t0, y0, v), (B, d), "the shape of y")
     return SDEProblem(f=f, g=g, g_prod=g_prod, f_and_g=f_and_g, noise_type=noise_type, sde_type=sde_type,
-                      form=form, noise_shape=m_shape)
+                      form=form, noise_shape=m_shape, torchsde_style=True)
 
 
 def as_problem(sde, y0: torch.Tensor, t0, noise_size=None) -> SDEProblem:
@@ -298,3 +302,114 @@ def as_problem(sde, y0: torch.Tensor, t0, noise_size=None) -> SDEProblem:
         f"sde must have drift(x, t) and diffusion(x, t) (sdekit) or f(t, y) and g(t, y) (torchsde), "
         f"got {type(sde).__name__}"
     )
+
+
+# ---------------------------------------------------------------------------- torchsde's names= and logqp=
+
+#: torchsde's ``names=`` keys → the method of its SDE protocol each one renames.
+RENAMABLE = {"drift": "f", "diffusion": "g", "prior_drift": "h", "diffusion_prod": "g_prod",
+             "drift_and_diffusion": "f_and_g", "drift_and_diffusion_prod": "f_and_g_prod"}
+
+
+class RenamedSDE:
+    """torchsde's ``names=``: the SDE's methods under the protocol's names (``f``, ``g``, ``h``, …).
+
+    ``names`` maps a key of :data:`RENAMABLE` to the name of the SDE's method playing that
+    role, e.g. ``{"drift": "forward"}`` makes ``sde.forward`` the drift ``f``; methods whose
+    key is not given keep their protocol name.  ``noise_type`` / ``sde_type`` are read from
+    ``sde``.  (torchsde's ``sdeint`` contract: ``names`` of ``sdeint``, its ``RenameMethodsSDE``.)
+
+    Raises:
+        TypeError: if ``names`` is not a dict of strings.
+        ValueError: for a key outside :data:`RENAMABLE`, or a name ``sde`` has no method for.
+    """
+
+    def __init__(self, sde, names):
+        if not isinstance(names, dict):
+            raise TypeError(f"names must be a dict such as {{'drift': 'forward'}}, got {type(names).__name__}")
+        unknown = sorted(set(names) - set(RENAMABLE))
+        if unknown:
+            raise ValueError(f"names has unknown keys {unknown}; the keys are {sorted(RENAMABLE)}")
+        for key in ("noise_type", "sde_type"):
+            if hasattr(sde, key):
+                setattr(self, key, getattr(sde, key))
+        for key, attr in RENAMABLE.items():
+            source = names.get(key, attr)
+            if not isinstance(source, str):
+                raise TypeError(f"names[{key!r}] must be a method name (str), got {type(source).__name__}")
+            method = getattr(sde, source, None)
+            if key in names and not callable(method):
+                raise ValueError(f"names[{key!r}] = {source!r}, but sde has no method {source!r}")
+            if callable(method):
+                setattr(self, attr, method)
+
+
+#: ``|g|`` below this is replaced by ``eps·sign(g)`` in the diagonal-noise ``u = (f − h)/g``.
+LOGQP_EPS = 1e-7
+
+
+def _stable_division(a: torch.Tensor, b: torch.Tensor, eps: float = LOGQP_EPS) -> torch.Tensor:
+    """``a / b`` with ``|b| < eps`` replaced by ``eps`` of ``b``'s sign (``+eps`` where ``b = 0``)."""
+    small = b.detach().abs() <= eps
+    if bool(small.any()):
+        b = torch.where(small, torch.where(b.detach() < 0, -eps, eps).to(b.dtype), b)
+    return a / b
+
+
+def with_logqp(problem: SDEProblem, h, y0: torch.Tensor) -> SDEProblem:
+    """``problem`` with one more state coordinate ``L``: ``dL = ½‖u(t, y)‖² dt`` (zero diffusion).
+
+    ``u`` solves ``G(t, y) u = f(t, y) − h(t, y)``: elementwise ``u = (f − h)/g`` for diagonal
+    noise (``|g| < 1e-7`` read as ``±1e-7``), else the least-squares (pseudo-inverse)
+    solution ``u = G⁺ (f − h)``, shape ``(B, m)``, for scalar, additive and general noise.
+    Then ``L(t₁) − L(t₀) = ∫ ½‖u‖² dt`` is the log-ratio (KL) penalty of the posterior SDE
+    (drift ``f``) against the prior (drift ``h``, same diffusion) along the path: Li, Wong,
+    Chen & Duvenaud 2020, "Scalable gradients for stochastic differential equations",
+    AISTATS, §9.6; torchsde's ``logqp=True``.  Every method integrates the
+    augmented state, so any method works.
+
+    Args:
+        problem: the normalised SDE, ``y`` of shape ``(B, d)``.
+        h: the prior drift ``h(t, y)``, ``(B, d)``.
+        y0: ``(B, d)`` initial state (checks ``h``'s shape once).
+    Returns:
+        An :class:`SDEProblem` on ``(B, d + 1)``; for diagonal noise ``W`` is ``(B, d + 1)``
+        (the last channel is multiplied by zero), otherwise ``W`` is unchanged.
+    Raises:
+        ValueError: if the SDE defines only ``g_prod`` (``u`` needs ``G`` itself), or ``h``
+            returns the wrong shape or non-finite values at the initial state.
+        TypeError: if ``h`` is not callable or does not return a tensor.
+    """
+    if not callable(h):
+        raise TypeError("logqp=True needs the prior drift h(t, y) as a method of sde (torchsde's protocol)")
+    if not problem.has_diffusion:
+        raise ValueError("logqp=True needs the diffusion g(t, y) itself (u solves g u = f − h); the SDE only "
+                         "defines g_prod")
+    B, d = y0.shape
+    diagonal = problem.form == "elementwise"
+
+    def pad(G):
+        zeros = G.new_zeros((B, 1) + tuple(G.shape[2:]))
+        return torch.cat([G, zeros], dim=1)
+
+    def drift_and_diffusion(t, Y):
+        y = Y[:, :d]
+        f, G = problem.drift_and_diffusion(t, y)
+        r = f - h(t, y)
+        if diagonal:
+            u = _stable_division(r, G)
+        else:
+            u = torch.matmul(torch.linalg.pinv(G), r.unsqueeze(-1)).squeeze(-1)
+        rate = 0.5 * (u * u).sum(dim=1, keepdim=True)
+        return torch.cat([f, rate], dim=1), pad(G)
+
+    return SDEProblem(f=lambda t, Y: drift_and_diffusion(t, Y)[0],
+                      g=lambda t, Y: pad(problem.diffusion(t, Y[:, :d])),
+                      f_and_g=drift_and_diffusion, noise_type=problem.noise_type, sde_type=problem.sde_type,
+                      form=problem.form, noise_shape=(d + 1,) if diagonal else problem.noise_shape,
+                      torchsde_style=problem.torchsde_style)
+
+
+def check_prior_drift(h, t0, y0: torch.Tensor) -> None:
+    """Check ``h(t0, y0)`` is a finite ``(B, d)`` tensor (``logqp=True``)."""
+    _check_out("h", h(t0, y0), y0.shape, "the shape of y")
