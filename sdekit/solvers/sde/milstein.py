@@ -49,6 +49,25 @@ class Milstein(_MilsteinBase):
 
     The diffusion must be differentiable by ``torch.func`` (pure torch operations); use
     ``derivative_free_milstein`` otherwise.
+
+    Difference from torchsde (``milstein``, its ``gdg_prod``), when ``g_i`` depends on all
+    of ``y`` (e.g. a neural net; write ``J = ∂g/∂y``, ``v = ΔW² − h`` or ``ΔW²``): torchsde
+    adds ``½ Jᵀ (g ⊙ v)`` (a reverse-mode vector-Jacobian product, for both noise types);
+    sdekit adds ``½ (J·1) ⊙ g ⊙ v`` (diagonal) and ``½ (J g) v`` (scalar).  Where ``J`` is
+    diagonal (``g_i`` depends on ``y_i`` alone: diagonal noise in Kloeden & Platen's sense,
+    torchsde's "element-wise") all three equal ``½ g_i ∂g_i/∂y_i v_i`` and the libraries agree
+    to round-off.  Otherwise:
+
+    * scalar noise: ``J g = Σ_j g_j ∂g_i/∂y_j`` is the Milstein term (K&P eq. (3.3) with
+      ``m = 1``; scalar noise is always commutative); torchsde's ``Jᵀ g`` is not, and its
+      Stratonovich variant then has the wrong drift.  sdekit keeps ``J g``.
+    * diagonal noise: ``dy_i = g_i(y) dW_i`` with ``∂g_i/∂y_j ≠ 0`` (``j ≠ i``) is
+      non-commutative general noise; Milstein needs the Lévy areas ``I_(j,i)``, and no
+      ``v``-only formula has strong order 1.  Neither library's term is Milstein's; both
+      (and ``derivative_free_milstein``, which approximates ``(J g) ⊙ v``) keep Itô
+      consistency (the term has mean 0) but give a Stratonovich drift other than
+      ``½ g_i ∂g_i/∂y_i``, so the Stratonovich variants converge to a different SDE.  Use
+      ``euler`` (Itô) or ``midpoint`` / ``heun`` (Stratonovich) for such diffusions.
     """
 
     name = "milstein"
@@ -76,7 +95,9 @@ class DerivativeFreeMilstein(_MilsteinBase):
     ``ȳ = y + f h + g √h`` (Itô; ``ȳ = y + g √h`` for Stratonovich) and
     ``y₁ = y + f h + g ΔW + (g(ȳ) − g(y)) (ΔW² − h) / (2√h)`` (``ΔW²`` for Stratonovich):
     Kloeden & Platen 1992, §11.1, eq. (1.5) (Platen's explicit order-1.0 strong scheme).
-    Strong order 1.0, weak order 1.0; two diffusion evaluations per step.
+    Strong order 1.0, weak order 1.0; two diffusion evaluations per step.  Matches
+    torchsde's ``milstein`` with ``grad_free=True`` term for term; ``g(ȳ) − g(y) ≈ (J g) √h``,
+    so for diagonal noise whose ``g_i`` depends on all of ``y`` see :class:`Milstein`.
     """
 
     name = "derivative_free_milstein"
