@@ -327,11 +327,6 @@ def _barriers(t0, t1, direction, step_t, jump_t):
     return bar, is_jump
 
 
-def reached_end(hit, next_bar, last_bar, accept):
-    """Rows whose accepted step reached their end time."""
-    return accept & hit & (next_bar == last_bar)
-
-
 def _callback(opts: StepOptions, name: str, t, y, h, mask=None):
     fn = getattr(opts.callbacks, name, None) if opts.callbacks is not None else None
     if fn is None:
@@ -403,7 +398,7 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         hit = hi >= (bari - ti).abs()
         step = torch.where(hit, bari - ti, hi * di)
         _callback(opts, "step", ti, yi, step)
-        t_end = None
+        t_end = at_jump = None
         if has_jumps:  # a step ending on a jump evaluates its last stages just before it
             at_jump = hit & sel(bar_jump).gather(1, nbi[:, None]).squeeze(1)
             t_end = torch.where(at_jump, torch.nextafter(bari, ti), ti + step)
@@ -418,16 +413,16 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         err = err.detach()  # step-size control is not differentiated (torchdiffeq, Chen et al. 2018)
         h_next = (step.detach().abs() * controller.factor(err, sel(err_prev), tableau.error_order,
                                                           sel(last_rejected))).clamp(opts.min_step, opts.max_step)
+        reached = accept & hit
+        finished = reached & (nbi == last_bar)
         floor = torch.maximum(0.25 * eps * ti.detach().abs(), sel(span_floor))  # below half an ulp of t: no progress
-        collapse = ~bad_f & ~reached_end(hit, nbi, last_bar, accept) & (h_next <= floor)
+        collapse = ~bad_f & ~finished & (h_next <= floor)
         fault = bad_f | collapse
         t_next = torch.where(accept, torch.where(hit, bari, ti + step), ti)
         if opts.callbacks is not None:
             _callback(opts, "accept", ti, yi, step, accept)
             _callback(opts, "reject", ti, yi, step, ~accept)
         y_next = torch.where(expand_as_batch(accept, yi), y_new, yi)
-        reached = accept & hit
-        finished = reached & (nbi == last_bar)
 
         if event is not None and sign0 is not None and event_t is not None:
             ev = event.fn(t_next, y_next, *argi)
@@ -465,9 +460,8 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         }
         if tableau.fsal:
             k_new = torch.where(expand_as_batch(accept, yi), ks[-1], ks[0])
-            if has_jumps:  # re-evaluate just past a discontinuity, never reuse the stage at it
-                jumped = torch.nonzero(reached & ~finished & sel(bar_jump).gather(1, nbi[:, None]).squeeze(1))
-                jumped = jumped.squeeze(1)
+            if at_jump is not None:  # re-evaluate just past a discontinuity, never reuse the stage at it
+                jumped = torch.nonzero(at_jump & accept & ~finished).squeeze(1)
                 if jumped.numel():
                     tj = torch.nextafter(t_next[jumped], t_next[jumped] + di[jumped])
                     k_new = k_new.index_put((jumped,), func(tj, y_next[jumped], *(a[jumped] for a in argi)))

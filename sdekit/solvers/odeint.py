@@ -16,7 +16,7 @@ from .fixed import solve_fixed
 from .implicit import IMPLICIT_METHODS
 from .state import FlatState
 from .tableaus import TABLEAUS
-from .whole_state import WholeState
+from .whole_state import WholeState, option_times
 
 #: torchdiffeq's other names for methods.
 METHOD_ALIASES = {"heun2": "heun", "fixed_adams": "implicit_adams"}
@@ -342,7 +342,8 @@ def _odeint_per_sample(func, y0, t, rtol, atol, method, options, event_fn, args,
         opts = StepOptions(
             first_step=None if options.get("first_step") is None else float(options["first_step"]),
             min_step=float(options.get("min_step", 0.0)), max_step=float(options.get("max_step", math.inf)),
-            step_t=_times_option(options.get("step_t")), jump_t=_times_option(options.get("jump_t")), norm=norm)
+            step_t=option_times(options.get("step_t"), "step_t"), jump_t=option_times(options.get("jump_t"), "jump_t"),
+            norm=norm)
         max_steps = check_positive_int("max_steps", options.get("max_num_steps", 10_000))
         if event_fn is not None:
             check_callable("event_fn", event_fn)
@@ -368,9 +369,3 @@ def _odeint_per_sample(func, y0, t, rtol, atol, method, options, event_fn, args,
     if return_solution:
         return ODESolution(ys=ys, nfe=nfe, steps=steps, rejected=rejected, event_t=event_t)
     return ys if event_fn is None else (event_t, ys)
-
-
-def _times_option(values) -> tuple:
-    if values is None:
-        return ()
-    return tuple(float(v) for v in torch.as_tensor(values, dtype=torch.float64).detach().reshape(-1))

@@ -23,6 +23,20 @@ from .state import FlatState
 CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 
+def option_times(values, name: str, sign: float = 1.0) -> tuple:
+    """Option times (``step_t``, ``jump_t``: a tensor or sequence) as floats, times ``sign``.
+
+    Raises:
+        ValueError: a non-finite time (the message names ``options[name]``).
+    """
+    if values is None:
+        return ()
+    v = torch.as_tensor(values, dtype=torch.float64).detach().reshape(-1)
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"options[{name!r}] must be finite")
+    return tuple(float(x) * sign for x in v)
+
+
 @dataclass
 class WholeState:
     """A user's ODE as a flat system on increasing times.
@@ -99,12 +113,7 @@ class WholeState:
 
     def times(self, values, name: str) -> tuple:
         """Option times (``step_t``, ``jump_t``) in solver time, as floats."""
-        if values is None:
-            return ()
-        v = torch.as_tensor(values, dtype=torch.float64).detach().reshape(-1)
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"options[{name!r}] must be finite")
-        return tuple(float(x) * self.sign for x in v)
+        return option_times(values, name, self.sign)
 
     def norm(self, user_norm: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The engine's per-row norm ``(1, N) -> (1,)``: the user's ``norm(state)`` or torchdiffeq's default."""
