@@ -91,6 +91,14 @@ def check_positive(name: str, value: float) -> float:
     return value
 
 
+def check_nonnegative(name: str, value: float) -> float:
+    """Raise unless ``value`` is a finite number >= 0."""
+    value = _real(name, value)
+    if not (value >= 0.0 and value < float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
 def check_positive_int(name: str, value) -> int:
     """Raise unless ``value`` is an integer >= 1 (an integral float such as ``4.0`` is accepted)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

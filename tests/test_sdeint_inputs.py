@@ -191,7 +191,9 @@ def _bad_g(shape_fn):
         (GBM(), Y0, dict(bm=BrownianTree(0.0, 1.0, (4, 3), seed=1)), ValueError, "bm has shape"),
         (GBM(), Y0, dict(bm=BrownianTree(0.0, 0.5, (4, 2), seed=1)), ValueError, "does not contain ts"),
         # torchsde arguments that are out of scope.
-        (GBM(), Y0, dict(adaptive=True), ValueError, "adaptive"),
+        (GBM(), Y0, dict(adaptive=True, generator=torch.Generator()), ValueError, "adaptive=True.*generator"),
+        (GBM(), Y0, dict(adaptive=True, rtol=-1.0), ValueError, "rtol"),
+        (GBM(), Y0, dict(adaptive=True, dt_min=0.0), ValueError, "dt_min"),
         (GBM(), Y0, dict(logqp=True), ValueError, "logqp"),
         (GBM(), Y0, dict(names={"drift": "h"}), ValueError, "names"),
         (GBM(), Y0, dict(options={"trapezoidal": True}), ValueError, "options"),

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .tree import LEVY_AREA_UNAVAILABLE
+
 
 class SequentialBrownian:
     """Independent Gaussian increments for consecutive steps, from one ``torch.Generator``.
@@ -31,14 +33,19 @@ class SequentialBrownian:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
-    def increments(self, times, area: bool = False, reuse: bool = False):
+    def increments(self, times, area: bool = False, reuse: bool = False, levy_area: bool = False):
         """Yield ``(ΔW, ΔZ or None)``, each ``(B, *S)``, for consecutive steps of ``times``.
 
         With ``reuse=True`` every step's increments are written into the same two
         buffers (no allocation per step), so a yielded tensor is valid only until the
         next one is drawn; ``sdeint`` consumes each step's increments before drawing
         the next.  The values are the same either way.
+
+        Raises:
+            ValueError: with ``levy_area=True`` (the Lévy area between channels is not drawn).
         """
+        if levy_area:
+            raise ValueError(LEVY_AREA_UNAVAILABLE.format(source="SequentialBrownian"))
         times = [float(t) for t in times]
         kw = {"device": self.device, "dtype": self.dtype}
         z = z2 = half = None

@@ -47,6 +47,11 @@ MAX_DEPTH = 31
 DEFAULT_DEPTH = 16
 #: Budget of float64 values per tree level when evaluating many times at once.
 _CHUNK_VALUES = 2**21
+#: The error for ``levy_area=True`` (``source``: the class name).
+LEVY_AREA_UNAVAILABLE = (
+    "{source} does not provide the Lévy area between noise channels, and log_ode needs the Lévy area A "
+    "between noise channels: pass bm=torchsde.BrownianInterval(..., levy_area_approximation='davie' or 'foster')"
+)
 #: Positions within this many leaf lengths of a node are that node (absorbs rounding of grids).
 _SNAP = 1e-9
 
@@ -228,13 +233,19 @@ class BrownianTree:
             return empty, empty
         return torch.cat(W), torch.cat(K)
 
-    def increments(self, times, area: bool = False):
+    def increments(self, times, area: bool = False, levy_area: bool = False):
         """Yield ``(ΔW, ΔZ)`` over consecutive steps ``[times[i], times[i+1]]``.
 
         ``ΔW = W(t_{i+1}) − W(t_i)`` and ``ΔZ = ∫_{t_i}^{t_{i+1}} (W_s − W_{t_i}) ds`` (``None``
         unless ``area``), each ``(B, *S)`` in the tree's dtype.  The path is evaluated
         in chunks of steps, one batch of counter-based draws per tree level.
+
+        Raises:
+            ValueError: with ``levy_area=True``: the tree carries the space-time area only,
+                not the Lévy area between channels.
         """
+        if levy_area:
+            raise ValueError(LEVY_AREA_UNAVAILABLE.format(source="BrownianTree"))
         t = self._times(times)
         per_point = max(1, math.prod(self.shape))
         chunk = max(1, _CHUNK_VALUES // per_point)

@@ -8,9 +8,10 @@ import warnings
 
 import torch
 
-from .._checks import check_batch, check_finite, check_positive, check_tensor
+from .._checks import check_batch, check_finite, check_nonnegative, check_positive, check_tensor
 from ..brownian import BrownianTree, CallableBrownian, SequentialBrownian, depth_for_step
 from .sde import as_problem, default_method, resolve
+from .sde.adaptive import doubling_query, solve_adaptive
 from .sde.problem import RenamedSDE, check_prior_drift, with_logqp
 
 
@@ -126,10 +127,15 @@ def _legacy_positional(bm, method, dt, adaptive, generator):
 
 
 def _padded(increments, extra: int):
-    """Append ``extra`` zero channels to each ``(ΔW, ΔZ)`` (the logqp coordinate's unused noise)."""
+    """Append ``extra`` zero channels to each ``(ΔW, ΔZ)`` (the logqp coordinate's unused noise).
+
+    A Lévy area ``A`` ``(B, m, m)`` in place of ``ΔZ`` gets ``extra`` zero rows and columns.
+    """
     for dW, dZ in increments:
         pad = dW.new_zeros(dW.shape[:-1] + (extra,))
-        yield torch.cat([dW, pad], dim=-1), (torch.cat([dZ, pad], dim=-1) if dZ is not None else None)
+        if dZ is not None:
+            dZ = torch.nn.functional.pad(dZ, (0, extra, 0, extra) if dZ.dim() > dW.dim() else (0, extra))
+        yield torch.cat([dW, pad], dim=-1), dZ
 
 
 def _has_area(bm) -> bool:
@@ -155,6 +161,8 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
            extra_solver_state=None, *, generator=None, seed: int | None = None, sample_index=None):
     """Solve ``dy = f(t, y) dt + g(t, y) dW`` (Itô or Stratonovich) from ``ts[0]``; the path at ``ts``.
 
+    Fixed steps (default) or adaptive ones (``adaptive=True``).
+
     torchsde's ``sdeint`` signature and return conventions (``torchsde.sdeint``,
     v0.2.6), plus sdekit's keyed Brownian sources (``generator``, ``seed``,
     ``sample_index``, keyword-only).  Each interval ``[ts[k], ts[k+1]]`` is split into
@@ -172,6 +180,7 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     ``euler_heun``             Stratonovich²  all                              1.0³   1.0
     ``reversible_heun``        Stratonovich²  all                              1.0³   1.0
     ``sra1``                   both           additive                         1.5    2.0
+    ``log_ode``                Stratonovich²  all (needs ``bm``'s Lévy area A)  1.0³   1.0
     ``sra3``                   both           additive                         1.5    —⁴
     ``sri2``                   Itô            diagonal, scalar                 1.5    —⁴
     ``srk``                    = ``sra1`` for additive noise, ``sri2`` for diagonal / scalar
@@ -186,8 +195,11 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     keep torchsde's SDE type even for additive noise (``euler``, ``srk``: Itô; ``heun``,
     ``midpoint``, ``euler_heun``, ``reversible_heun``: Stratonovich).  With additive noise
     Itô and Stratonovich SDEs coincide, so for sdekit-style SDEs (``drift`` / ``diffusion``,
-    which torchsde does not take) both families are accepted there.  torchsde's ``log_ode``
-    is not provided (``ValueError``).
+    which torchsde does not take) both families are accepted there.  ``log_ode`` (the
+    log-ODE midpoint scheme, Stratonovich, all noise types) needs the Lévy area between
+    noise channels from ``bm``: a ``torchsde.BrownianInterval`` with
+    ``levy_area_approximation`` ``"davie"`` or ``"foster"``; sdekit's own tree has no such
+    area, so without such a ``bm`` it raises (torchsde builds a Foster interval there).
 
     Default method: for torchsde-style SDEs torchsde's — ``srk`` for Itô SDEs with
     diagonal, scalar or additive noise, ``euler`` for Itô SDEs with general noise,
@@ -234,9 +246,21 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
             ``logqp`` and diagonal noise ``(B, d + 1)``, as torchsde, or ``(B, d)``).
         method: a name from the table (default: see above).
         dt: the step size (> 0; each interval takes the largest step ≤ ``dt`` that divides it).
-        adaptive: must be ``False``: adaptive stepping is not provided yet (raises).
-        rtol, atol, dt_min: torchsde's adaptive-stepping tolerances; ignored (as torchsde
-            ignores them without ``adaptive``).
+        adaptive: step sizes chosen by step doubling (:mod:`sdekit.solvers.sde.adaptive`;
+            Gaines & Lyons 1997): starting from ``dt``, each attempt compares one step with
+            two half steps on the same Brownian path and keeps the halves, with torchsde's
+            controller, so on a two-point ``ts`` and the same ``bm`` the accepted steps are
+            torchsde's (``euler`` reproduces torchsde's numbers bitwise; other methods agree
+            to their rounding, which the accept/reject decisions may amplify).  Outputs land
+            exactly on every ``ts[k]`` (torchsde interpolates linearly between steps).  Needs
+            a path that can be queried at any time: ``bm``, ``seed`` or neither (the default
+            tree's leaves are ``≤ dt_min / 2``), not ``generator``.  With ``euler`` and
+            non-additive noise it warns as torchsde does.
+        rtol, atol: tolerances of the error estimate, the RMS over all elements of
+            ``(y_full − y_half) / (rtol·max(|y_full|, |y_half|) + atol)`` (as torchsde);
+            ignored without ``adaptive`` (as torchsde).
+        dt_min: the smallest step with ``adaptive``: an attempt that fails at ``dt_min`` is
+            accepted with a ``UserWarning`` ("Hitting minimum allowed step size", torchsde's).
         options: ``{"grad_free": True}`` turns ``milstein`` into ``derivative_free_milstein``
             (torchsde's option).
         names: torchsde's method renaming, a dict with keys among ``drift``, ``diffusion``,
@@ -263,16 +287,18 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
         penalty over each interval ``[ts[k], ts[k+1]]``); with ``extra=True`` the solver
         state is appended: ``(ys, state)`` or ``(ys, log_ratio, state)``.
     Raises:
-        ValueError: ``adaptive=True`` ("adaptive stepping is not provided yet"); non-finite
-            ``y0`` or one with no rows (``B = 0``); ``dt <= 0``; ``ts`` not 1-D, not finite
+        ValueError: ``adaptive=True`` with ``generator``, or with ``rtol`` / ``atol`` negative
+            or ``dt_min`` not positive; non-finite ``y0`` or one with no rows (``B = 0``); ``dt <= 0``; ``ts`` not 1-D, not finite
             or not strictly increasing; an unknown method or one sdekit does not provide
-            (``log_ode``); a method that does not support the SDE's noise type or SDE type
+            (``adjoint_reversible_heun``, sdeint_adjoint's own); ``log_ode`` without a ``bm``
+            that gives the Lévy area; a method that does not support the SDE's noise type or SDE type
             (the message names both); ``sra*``/``sri2``/``srk`` with a ``bm`` without the
             space-time area; ``f`` / ``g`` / ``h`` returning the wrong shape or non-finite
             values at ``(ts[0], y0)``; a ``bm`` of the wrong shape or span; more than one of
             ``bm`` / ``seed`` / ``generator``; unsupported torchsde options; ``names`` keys
             or values that do not exist; ``logqp`` without ``h`` or with only ``g_prod``;
             an ``extra_solver_state`` of the wrong length or shapes.
+        FloatingPointError: ``adaptive=True`` and the state is non-finite even at ``dt_min``.
         TypeError: ``y0`` not a floating tensor, ``dt`` not a real number, ``sde``
             following neither protocol, ``names`` not a dict, ``extra_solver_state`` not a
             tuple of tensors.
@@ -315,11 +341,15 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     if solver.uses_area and bm is not None and not isinstance(bm, BrownianTree) and not _has_area(bm):
         raise ValueError(f"method={method!r} needs the space-time Lévy area ∫(W − W_ta) ds from bm: create it with "
                          "levy_area_approximation='space-time' (or 'davie' / 'foster')")
-    if adaptive:
-        raise ValueError("adaptive stepping is not provided yet: sdekit.sdeint takes fixed steps of at most dt "
-                         "(pass adaptive=False)")
     if not isinstance(adaptive, (bool, int)):
         raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
+    if adaptive:
+        rtol, atol = check_nonnegative("rtol", rtol), check_nonnegative("atol", atol)
+        dt_min = check_positive("dt_min", dt_min)
+        if generator is not None:
+            raise ValueError("adaptive=True queries the Brownian motion at times chosen while solving, which a "
+                             "generator cannot do: pass seed= (or bm=) instead of generator=")
+        grid = [times[0], times[0] + min(dt_min, times[-1] - times[0]) / 2]  # the tree's leaves ≤ dt_min / 2
 
     y_aug = torch.cat([y0, y0.new_zeros((y0.shape[0], 1))], dim=1) if logqp else y0
     size = (y0.shape[0],) + problem.noise_shape
@@ -327,17 +357,23 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     if problem.noise_shape != base_noise and tuple(getattr(bm, "shape", ())) != size:
         size, pad = (y0.shape[0],) + base_noise, problem.noise_shape[-1] - base_noise[-1]
     source = _brownian(bm, seed, sample_index, generator, times, grid, size, y0)
-    if isinstance(source, SequentialBrownian):  # each step's increments are used up before the next is drawn
-        increments = source.increments(grid, area=solver.uses_area, reuse=True)
-    else:
-        increments = source.increments(grid, area=solver.uses_area)
-    if pad:
-        increments = _padded(increments, pad)
-
     y = y_aug
     state = solver.init(t_grid[0], y_aug)
     if extra_solver_state is not None:
         state = _check_extra_state(extra_solver_state, state)
+    if adaptive:
+        query = doubling_query(source, solver.uses_area, (lambda steps: _padded(steps, pad)) if pad else None,
+                               levy_area=solver.needs_levy_area)
+        outs, state = solve_adaptive(solver, query, y_aug, state, times, dt=dt, rtol=rtol, atol=atol,
+                                     dt_min=dt_min)
+        return _result(torch.stack([y_aug] + outs), state, logqp, extra)
+    if isinstance(source, SequentialBrownian):  # each step's increments are used up before the next is drawn
+        increments = source.increments(grid, area=solver.uses_area, reuse=True, levy_area=solver.needs_levy_area)
+    else:
+        increments = source.increments(grid, area=solver.uses_area, levy_area=solver.needs_levy_area)
+    if pad:
+        increments = _padded(increments, pad)
+
     out = [y_aug]
     i = 0
     for k, n in enumerate(counts):
@@ -347,7 +383,11 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
             y, state = solver.step(t_grid[i], h_step, y, state, dW, dZ)
             i += 1
         out.append(y)
-    ys = torch.stack(out)
+    return _result(torch.stack(out), state, logqp, extra)
+
+
+def _result(ys: torch.Tensor, state: tuple, logqp: bool, extra: bool):
+    """torchsde's return convention: ``ys``, then ``log_ratio`` with ``logqp``, then the state with ``extra``."""
     result: tuple = (ys,)
     if logqp:
         ys, L = ys[..., :-1], ys[..., -1]

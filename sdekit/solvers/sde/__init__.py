@@ -4,6 +4,7 @@ from .base import AbstractSDESolver
 from .euler import EulerMaruyama
 from .euler_heun import EulerHeun
 from .heun import Heun
+from .log_ode import LogODEMidpoint
 from .midpoint import Midpoint
 from .milstein import DerivativeFreeMilstein, Milstein
 from .problem import NOISE_TYPES, SDE_TYPES, SDEProblem, as_problem
@@ -20,6 +21,7 @@ __all__ = [
     "EulerHeun",
     "EulerMaruyama",
     "Heun",
+    "LogODEMidpoint",
     "Midpoint",
     "Milstein",
     "ReversibleHeun",

@@ -26,6 +26,9 @@ class AbstractSDESolver(abc.ABC):
         sde_types: the SDE types it supports for non-additive noise (with additive noise
             Itô and Stratonovich coincide; see :meth:`supports`).
         uses_area: whether ``step`` needs ``ΔZ``.
+        needs_levy_area: whether ``step`` needs, as ``dZ``, the Lévy area ``A`` between noise
+            channels, ``(B, m, m)``, ``A_jk = ½(∫ W^j dW^k − ∫ W^k dW^j)`` over the step
+            (``sdeint`` asks its source for it with ``levy_area=True``).
         source: the paper / book and equation implemented.
     """
 
@@ -33,6 +36,7 @@ class AbstractSDESolver(abc.ABC):
     noise_types: tuple = ("diagonal", "additive", "scalar", "general")
     sde_types: tuple = ("ito",)
     uses_area: bool = False
+    needs_levy_area: bool = False
     needs_diffusion: bool = False  # needs G itself, not only products G·v (torchsde's g_prod)
     source: str = ""
 
@@ -89,7 +93,8 @@ class AbstractSDESolver(abc.ABC):
             y: ``(B, *D)`` state at ``t0``.
             state: the solver state.
             dW: ``(B, *S)`` Brownian increment over the step.
-            dZ: ``(B, *S)`` ``∫_{t0}^{t0+h} (W_s − W_{t0}) ds``, or ``None`` unless ``uses_area``.
+            dZ: ``(B, *S)`` ``∫_{t0}^{t0+h} (W_s − W_{t0}) ds`` for methods with ``uses_area``;
+                ``(B, m, m)`` the Lévy area for those with ``needs_levy_area``; else ``None``.
         Returns:
             ``(y1, state1)``.
         """

@@ -6,6 +6,7 @@ from .base import AbstractSDESolver
 from .euler import EulerMaruyama
 from .euler_heun import EulerHeun
 from .heun import Heun
+from .log_ode import LogODEMidpoint
 from .midpoint import Midpoint
 from .milstein import DerivativeFreeMilstein, Milstein
 from .reversible_heun import ReversibleHeun
@@ -15,7 +16,7 @@ from .srk import SRA1Solver, SRA3Solver, SRI2Solver
 METHODS: dict[str, type[AbstractSDESolver]] = {
     cls.name: cls
     for cls in (EulerMaruyama, Milstein, DerivativeFreeMilstein, Heun, EulerHeun, Midpoint, ReversibleHeun,
-                SRA1Solver, SRA3Solver, SRI2Solver)
+                SRA1Solver, SRA3Solver, SRI2Solver, LogODEMidpoint)
 }
 
 #: other accepted names → canonical name ("srk" is resolved by noise type, as torchsde does).
@@ -27,7 +28,6 @@ SRK_BY_NOISE = {"additive": "sra1", "diagonal": "sri2", "scalar": "sri2"}
 
 #: torchsde's methods sdekit does not provide, with what they are (named in the error).
 NOT_PROVIDED = {
-    "log_ode": "torchsde's log-ODE midpoint scheme (it needs the Davie/Foster Lévy area approximations)",
     "adjoint_reversible_heun": "the adjoint of reversible Heun, used only inside torchsde's sdeint_adjoint",
 }
 
@@ -37,7 +37,7 @@ NOT_PROVIDED = {
 #: and sdekit's own SDEs may use either family: torchsde raises there, so sdeint does too.
 TORCHSDE_SDE_TYPES = {"euler": ("ito",), "srk": ("ito",), "milstein": ("ito", "stratonovich"),
                       "heun": ("stratonovich",), "midpoint": ("stratonovich",), "euler_heun": ("stratonovich",),
-                      "reversible_heun": ("stratonovich",)}
+                      "reversible_heun": ("stratonovich",), "log_ode": ("stratonovich",)}
 
 
 def method_names() -> list[str]:
@@ -64,7 +64,7 @@ def resolve(method: str, noise_type: str, sde_type: str, options: dict | None = 
     allowed = TORCHSDE_SDE_TYPES.get(method, (sde_type,))
     if torchsde_types and sde_type not in allowed:
         others = ("euler, milstein or srk" if sde_type == "ito"
-                  else "heun, midpoint, euler_heun, reversible_heun or milstein")
+                  else "heun, midpoint, euler_heun, reversible_heun, log_ode or milstein")
         other_type = "stratonovich" if sde_type == "ito" else "ito"
         hint = (f"; for additive noise the SDE is the same when declared sde_type={other_type!r}"
                 if noise_type == "additive" else "")

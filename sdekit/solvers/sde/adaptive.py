@@ -1,0 +1,171 @@
+"""Adaptive SDE steps by step doubling (``sdeint(..., adaptive=True)``).
+
+Each attempt takes one step of size ``h`` and two of size ``h/2`` on the *same*
+Brownian path (the path is queried at ``t``, ``t + h/2`` and ``t + h``; the full step's
+increments are composed from the halves, so both see exactly the same ``W``), and the
+difference of the two results estimates the local error (Gaines & Lyons 1997,
+"Variable step size control in the numerical solution of stochastic differential
+equations", SIAM J. Appl. Math. 57(5), §4; torchsde's ``adaptive=True`` does the same).
+The two half steps are kept.  A rejected attempt is retried with a smaller ``h`` on the
+same path, so step size control does not bias the path (the Brownian motion is fixed
+before it is queried: a :class:`~sdekit.brownian.BrownianTree` or a torchsde
+``BrownianInterval``).
+
+Step sizes follow torchsde's PI controller and constants (safety 0.9, factor in
+[0.2, 1.4], integral exponent 1/4.5 and proportional 0.13 on acceptance, 1/1.5 and 0 on
+rejection), so on a two-point ``ts`` and the same ``bm`` the accepted steps are
+torchsde's.  Differences, both on purpose: outputs land exactly on every ``ts[k]`` (the
+step is shortened to reach it) instead of being interpolated linearly between steps,
+and an attempt that fails with the step already at ``dt_min`` is retried at ``dt_min``
+and then accepted (torchsde accepts the failed larger step).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+
+#: torchsde's controller constants (``torchsde._core.adaptive_stepping.update_step_size``).
+SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 1.4
+I_ACCEPT, P_ACCEPT, I_REJECT = 1 / 4.5, 0.13, 1 / 1.5
+#: Floor of the error tolerance and of the error ratio (torchsde's ``eps``).
+ERROR_EPS = 1e-7
+
+
+class Controller(NamedTuple):
+    """The PI step-size controller's memory: the last accepted ``safety / error``.
+
+    (Before any acceptance, the first attempt's ratio, accepted or not — torchsde's rule.)
+    """
+
+    prev_ratio: float | None = None
+
+
+def error_estimate(y_full: torch.Tensor, y_half: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+    """The step-doubling error in units of the tolerance: RMS over every element.
+
+    ``sqrt(mean(((y_full − y_half) / max(rtol·max(|y_full|, |y_half|) + atol, 1e-7))²))``,
+    floored at 1e-7 (torchsde's ``compute_error``).  Non-finite results give ``inf``.
+
+    Args:
+        y_full: ``(B, *D)`` after one step of size ``h``.
+        y_half: ``(B, *D)`` after two steps of size ``h/2``.
+    Returns:
+        0-dim tensor in the states' dtype.
+    """
+    tol = (rtol * torch.maximum(y_full.abs(), y_half.abs()) + atol).clamp_min(ERROR_EPS)
+    err = (((y_full - y_half) / tol).square().sum() / y_full.numel()).sqrt().clamp_min(ERROR_EPS)
+    return torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
+
+
+def next_step(error: float, h: float, ctrl: Controller) -> tuple[float, Controller]:
+    """The next step size after an attempt with ``h`` and scaled error ``error``.
+
+    Returns ``(h_new, controller)``; the controller's memory changes on acceptance (and is
+    set by the first attempt).
+    """
+    if not math.isfinite(error):
+        return h * FACTOR_MIN, ctrl
+    ratio = SAFETY / error
+    prev = ctrl.prev_ratio if ctrl.prev_ratio is not None else ratio
+    if error <= 1:
+        factor = ratio ** I_ACCEPT * (ratio / prev) ** P_ACCEPT
+        return h * min(FACTOR_MAX, max(1.0, factor)), Controller(ratio)
+    factor = ratio ** I_REJECT  # a first attempt's ratio is kept even when rejected (as torchsde)
+    return h * min(FACTOR_MAX, max(FACTOR_MIN, factor)), Controller(prev)
+
+
+def compose_area(h2: float, dW1: torch.Tensor, dZ1, dZ2):
+    """``∫_ta^tb (W_s − W_ta) ds`` over two adjacent steps from each step's own.
+
+    ``U = U₁ + U₂ + h₂ ΔW₁`` (the second step's integrand is offset by ``ΔW₁``).
+    """
+    if dZ1 is None:
+        return None
+    return dZ1 + dZ2 + h2 * dW1
+
+
+Query = Callable[[float, float, float], list]
+
+
+def doubling_query(source, area: bool, pad: Callable[[Iterator], Iterator] | None = None,
+                   levy_area: bool = False) -> Query:
+    """The increments of a step and of its two halves from a Brownian source.
+
+    A :class:`~sdekit.brownian.BrownianTree` is evaluated once at ``(ta, tm, tb)`` and the
+    full step composed from the halves; any other source (torchsde's ``bm`` protocol) is
+    asked for ``[ta, tb]``, ``[ta, tm]``, ``[tm, tb]`` in that order, as torchsde asks, so
+    a ``BrownianInterval`` returns exactly torchsde's numbers.  ``pad`` maps the
+    increments (e.g. the zero channels of the logqp coordinate).  ``levy_area``: the
+    second element is the Lévy area ``A`` instead of ``ΔZ`` (``log_ode``; the tree raises).
+    """
+    def mapped(steps):
+        return list(pad(steps) if pad is not None else steps)
+
+    if hasattr(source, "evaluate"):
+        def query(ta, tm, tb):
+            (dW1, dZ1), (dW2, dZ2) = mapped(source.increments([ta, tm, tb], area=area, levy_area=levy_area))
+            return [(dW1 + dW2, compose_area(tb - tm, dW1, dZ1, dZ2)), (dW1, dZ1), (dW2, dZ2)]
+    else:
+        def query(ta, tm, tb):
+            return [mapped(source.increments([a, b], area=area, levy_area=levy_area))[0]
+                    for a, b in ((ta, tb), (ta, tm), (tm, tb))]
+    return query
+
+
+def solve_adaptive(solver, query: Query, y: torch.Tensor, state: tuple, times: list[float], *, dt: float,
+                   rtol: float, atol: float, dt_min: float) -> tuple[list[torch.Tensor], tuple]:
+    """Step doubling from ``times[0]`` through every ``times[k]``; the states there.
+
+    Args:
+        solver: an :class:`~sdekit.solvers.sde.base.AbstractSDESolver`.
+        query: ``query(ta, tm, tb)`` gives the increments ``(ΔW, ΔZ)`` of ``[ta, tb]``, of
+            ``[ta, tm]`` and of ``[tm, tb]`` on one fixed path (:func:`doubling_query`).
+        y: ``(B, *D)`` state at ``times[0]``; ``state`` the solver's state there.
+        times: increasing output times (SDE time).
+        dt: the first step size; ``rtol``, ``atol``: tolerances of :func:`error_estimate`;
+            ``dt_min``: the smallest step (warns when reached, as torchsde does).
+    Returns:
+        ``(ys, state)``: the states at ``times[1:]`` and the solver state at the end.
+    Raises:
+        FloatingPointError: if a step at ``dt_min`` still gives non-finite values.
+    """
+    out = []
+    h, ctrl = dt, Controller()
+    t = times[0]
+    warned = False
+    for t_out in times[1:]:
+        while t < t_out:
+            step = min(h, t_out - t)
+            end = t_out if step >= t_out - t else t + step
+            mid = 0.5 * (t + end)
+            (dW, dZ), (dW1, dZ1), (dW2, dZ2) = query(t, mid, end)
+            t0 = torch.tensor(t, dtype=y.dtype, device=y.device)
+            y_full, _ = solver.step(t0, end - t, y, state, dW, dZ)
+            y_mid, state_mid = solver.step(t0, mid - t, y, state, dW1, dZ1)
+            tm = torch.tensor(mid, dtype=y.dtype, device=y.device)
+            y_half, state_half = solver.step(tm, end - mid, y_mid, state_mid, dW2, dZ2)
+            with torch.no_grad():
+                error = float(error_estimate(y_full, y_half, rtol, atol))
+            at_floor = h <= dt_min * (1 + 1e-12)
+            h_new, ctrl_new = next_step(error, h, ctrl)
+            if error <= 1 or at_floor:
+                if not math.isfinite(error):
+                    raise FloatingPointError(
+                        f"sdeint(adaptive=True): non-finite state at t={end} even with the step at dt_min={dt_min}")
+                t, y, state, ctrl = end, y_half, state_half, ctrl_new
+                h = max(h_new, dt_min)
+                continue
+            if h_new < dt_min:
+                if not warned:
+                    warnings.warn("Hitting minimum allowed step size in adaptive time-stepping "
+                                  f"(dt_min={dt_min}) at t={t}", UserWarning, stacklevel=3)
+                    warned = True
+                h_new, ctrl_new = dt_min, Controller()
+            h, ctrl = h_new, ctrl_new
+        out.append(y)
+    return out, state
