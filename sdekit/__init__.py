@@ -11,7 +11,7 @@ Public API:
                  sliced_score_matching_loss
     Score models: score_from_epsilon, score_from_x0, score_from_v, score_from_denoiser
     Solvers:     odeint (torchdiffeq's contract; per-sample steps opt-in), odeint_adjoint,
-                 solve_adaptive, sdeint
+                 solve_adaptive, sdeint, sdeint_adjoint
     Brownian:    BrownianTree (counter-based, per-sample, same path at every step size)
     Guidance:    classifier_guidance, classifier_free_guidance
     Conditioning: model_kwargs= of sample / log_likelihood / the adapters, per-sample tensors
@@ -74,7 +74,7 @@ from .sdes import (
     ReverseSDE,
     SubVPSDE,
 )
-from .solvers import ODESolution, ToleranceNotMetError, odeint, odeint_adjoint, sdeint, solve_adaptive
+from .solvers import ODESolution, ToleranceNotMetError, odeint, odeint_adjoint, sdeint, sdeint_adjoint, solve_adaptive
 
 __version__ = "0.1.0"
 
@@ -116,6 +116,7 @@ __all__ = [
     "score_from_x0",
     "sde_elbo",
     "sdeint",
+    "sdeint_adjoint",
     "sliced_score_matching_loss",
     "solve_adaptive",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "odeint_adjoint",
     "solve_adaptive",
 ]
+from .sde_adjoint import sdeint_adjoint
 from .sdeint import sdeint
 
-__all__ += ["sdeint"]
+__all__ += ["sdeint", "sdeint_adjoint"]

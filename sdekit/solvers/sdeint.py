@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -12,7 +13,8 @@ from .._checks import check_batch, check_finite, check_nonnegative, check_positi
 from ..brownian import BrownianTree, CallableBrownian, SequentialBrownian, depth_for_step
 from .sde import as_problem, default_method, resolve
 from .sde.adaptive import doubling_query, solve_adaptive
-from .sde.problem import RenamedSDE, check_prior_drift, with_logqp
+from .sde.base import AbstractSDESolver
+from .sde.problem import RenamedSDE, SDEProblem, check_prior_drift, with_logqp
 
 
 def _check_ts(ts) -> list[float]:
@@ -304,6 +306,46 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
             tuple of tensors.
     """
     bm, method, dt, adaptive, generator = _legacy_positional(bm, method, dt, adaptive, generator)
+    plan = plan_solve(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp,
+                      extra_solver_state, generator=generator, seed=seed, sample_index=sample_index)
+    ys, state = integrate(plan)
+    return _result(ys, state, logqp, extra)
+
+
+@dataclasses.dataclass
+class SolvePlan:
+    """Everything :func:`integrate` needs, checked: built by :func:`plan_solve`.
+
+    ``y0`` is the initial state the solver integrates (with ``logqp``, ``(B, d + 1)``: the
+    penalty coordinate appended), ``state`` the solver state there; ``grid`` / ``counts``
+    the fixed-step grid (unused with ``adaptive``); ``pad`` the zero noise channels
+    appended to each increment for the logqp coordinate.
+    """
+
+    problem: SDEProblem
+    solver: AbstractSDESolver
+    source: BrownianTree | CallableBrownian | SequentialBrownian
+    times: list
+    grid: list
+    counts: list
+    y0: torch.Tensor
+    state: tuple
+    pad: int
+    adaptive: bool
+    dt: float
+    rtol: float
+    atol: float
+    dt_min: float
+
+
+def plan_solve(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp,
+               extra_solver_state, *, generator=None, seed=None, sample_index=None) -> SolvePlan:
+    """Check :func:`sdeint`'s arguments and build the problem, the solver and the Brownian source.
+
+    Raises: see :func:`sdeint`.
+    """
+
+
     if method is not None and not isinstance(method, str):
         raise TypeError(f"method must be a method name (str) or None, got {type(method).__name__}")
     if options is not None and not set(options) <= {"grad_free"}:
@@ -316,10 +358,10 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     dt = check_positive("dt", dt)
     times = _check_ts(ts)
     grid, counts = step_grid(times, dt)
-    t_grid = torch.tensor(grid, dtype=y0.dtype, device=y0.device)
+    t_start = torch.tensor(times[0], dtype=y0.dtype, device=y0.device)
 
     noise_size = getattr(bm, "shape", (None, None))[-1] if bm is not None else None
-    problem = as_problem(sde, y0, t_grid[0], noise_size)
+    problem = as_problem(sde, y0, t_start, noise_size)
     base_noise = problem.noise_shape
     if logqp:
         if hasattr(sde, "drift") and hasattr(sde, "diffusion"):
@@ -327,7 +369,7 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
         h = getattr(sde, "h", None)
         if h is None:
             raise ValueError("logqp=True needs the prior drift h(t, y) as a method of sde (or names={'prior_drift': ...})")
-        check_prior_drift(h, t_grid[0], y0)
+        check_prior_drift(h, t_start, y0)
         problem = with_logqp(problem, h, y0)
     if method is None:
         method = default_method(problem.noise_type, problem.sde_type, problem.torchsde_style)
@@ -335,7 +377,7 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
             method = "euler"
     if adaptive and method == "euler" and problem.noise_type != "additive":  # torchsde warns here, before its checks
         warnings.warn("adaptive time-stepping with the Euler–Maruyama method and non-additive noise is not "
-                      "guaranteed to converge to the correct solution", UserWarning, stacklevel=2)
+                      "guaranteed to converge to the correct solution", UserWarning, stacklevel=3)
     solver = resolve(method, problem.noise_type, problem.sde_type, options,
                      torchsde_types=problem.torchsde_style)(problem)
     if solver.uses_area and bm is not None and not isinstance(bm, BrownianTree) and not _has_area(bm):
@@ -357,33 +399,62 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     if problem.noise_shape != base_noise and tuple(getattr(bm, "shape", ())) != size:
         size, pad = (y0.shape[0],) + base_noise, problem.noise_shape[-1] - base_noise[-1]
     source = _brownian(bm, seed, sample_index, generator, times, grid, size, y0)
-    y = y_aug
-    state = solver.init(t_grid[0], y_aug)
+    state = solver.init(t_start, y_aug)
     if extra_solver_state is not None:
         state = _check_extra_state(extra_solver_state, state)
-    if adaptive:
-        query = doubling_query(source, solver.uses_area, (lambda steps: _padded(steps, pad)) if pad else None,
-                               levy_area=solver.needs_levy_area)
-        outs, state = solve_adaptive(solver, query, y_aug, state, times, dt=dt, rtol=rtol, atol=atol,
-                                     dt_min=dt_min)
-        return _result(torch.stack([y_aug] + outs), state, logqp, extra)
-    if isinstance(source, SequentialBrownian):  # each step's increments are used up before the next is drawn
-        increments = source.increments(grid, area=solver.uses_area, reuse=True, levy_area=solver.needs_levy_area)
-    else:
-        increments = source.increments(grid, area=solver.uses_area, levy_area=solver.needs_levy_area)
-    if pad:
-        increments = _padded(increments, pad)
+    return SolvePlan(problem, solver, source, times, grid, counts, y_aug, state, pad, bool(adaptive), dt,
+                     rtol, atol, dt_min)
 
-    out = [y_aug]
+
+def _increments(plan: SolvePlan, times):
+    """The step increments ``(ΔW, ΔZ)`` over consecutive ``times`` from the plan's source (padded).
+
+    A :class:`SequentialBrownian` reuses its buffers (each step's increments are used up
+    before the next is drawn).
+    """
+    solver, source = plan.solver, plan.source
+    if isinstance(source, SequentialBrownian):
+        steps = source.increments(times, area=solver.uses_area, reuse=True, levy_area=solver.needs_levy_area)
+    else:
+        steps = source.increments(times, area=solver.uses_area, levy_area=solver.needs_levy_area)
+    return _padded(steps, plan.pad) if plan.pad else steps
+
+
+def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor, tuple]:
+    """Run the plan: ``(ys, state)``, ``ys`` of shape ``(len(ts), B, *D)`` (augmented with ``logqp``).
+
+    ``record``: if a list, one list per interval ``[ts[k], ts[k+1]]`` is appended to it,
+    holding ``(ta, tb, h)`` for each step taken (``h`` the step size given to the solver),
+    so that the same steps can be replayed on the same path (:func:`step_increments`).
+    """
+    solver, times, y, state = plan.solver, plan.times, plan.y0, plan.state
+    if plan.adaptive:
+        query = doubling_query(plan.source, solver.uses_area,
+                               (lambda steps: _padded(steps, plan.pad)) if plan.pad else None,
+                               levy_area=solver.needs_levy_area)
+        outs, state = solve_adaptive(solver, query, y, state, times, dt=plan.dt, rtol=plan.rtol, atol=plan.atol,
+                                     dt_min=plan.dt_min, record=record)
+        return torch.stack([y] + outs), state
+    increments = _increments(plan, plan.grid)
+    grid = plan.grid
+    t_grid = torch.tensor(grid, dtype=y.dtype, device=y.device)
+    out = [y]
     i = 0
-    for k, n in enumerate(counts):
+    for k, n in enumerate(plan.counts):
         h_step = (times[k + 1] - times[k]) / n
+        if record is not None:
+            record.append([(grid[j], grid[j + 1], h_step) for j in range(i, i + n)])
         for _ in range(n):
             dW, dZ = next(increments)
             y, state = solver.step(t_grid[i], h_step, y, state, dW, dZ)
             i += 1
         out.append(y)
-    return _result(torch.stack(out), state, logqp, extra)
+    return torch.stack(out), state
+
+
+def step_increments(plan: SolvePlan, ta: float, tb: float):
+    """``(ΔW, ΔZ)`` of one recorded step ``[ta, tb]`` on the plan's path (not for ``generator`` sources)."""
+    return next(iter(_increments(plan, [ta, tb])))
 
 
 def _result(ys: torch.Tensor, state: tuple, logqp: bool, extra: bool):

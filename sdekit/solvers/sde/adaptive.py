@@ -118,7 +118,8 @@ def doubling_query(source, area: bool, pad: Callable[[Iterator], Iterator] | Non
 
 
 def solve_adaptive(solver, query: Query, y: torch.Tensor, state: tuple, times: list[float], *, dt: float,
-                   rtol: float, atol: float, dt_min: float) -> tuple[list[torch.Tensor], tuple]:
+                   rtol: float, atol: float, dt_min: float, record: list | None = None
+                   ) -> tuple[list[torch.Tensor], tuple]:
     """Step doubling from ``times[0]`` through every ``times[k]``; the states there.
 
     Args:
@@ -129,6 +130,8 @@ def solve_adaptive(solver, query: Query, y: torch.Tensor, state: tuple, times: l
         times: increasing output times (SDE time).
         dt: the first step size; ``rtol``, ``atol``: tolerances of :func:`error_estimate`;
             ``dt_min``: the smallest step (warns when reached, as torchsde does).
+        record: if a list, one list per output interval is appended, holding ``(ta, tb, h)``
+            for each accepted half step (the steps the result is made of).
     Returns:
         ``(ys, state)``: the states at ``times[1:]`` and the solver state at the end.
     Raises:
@@ -139,6 +142,9 @@ def solve_adaptive(solver, query: Query, y: torch.Tensor, state: tuple, times: l
     t = times[0]
     warned = False
     for t_out in times[1:]:
+        taken: list = []
+        if record is not None:
+            record.append(taken)
         while t < t_out:
             step = min(h, t_out - t)
             end = t_out if step >= t_out - t else t + step
@@ -157,6 +163,7 @@ def solve_adaptive(solver, query: Query, y: torch.Tensor, state: tuple, times: l
                 if not math.isfinite(error):
                     raise FloatingPointError(
                         f"sdeint(adaptive=True): non-finite state at t={end} even with the step at dt_min={dt_min}")
+                taken += [(t, mid, mid - t), (mid, end, end - mid)]
                 t, y, state, ctrl = end, y_half, state_half, ctrl_new
                 h = max(h_new, dt_min)
                 continue
