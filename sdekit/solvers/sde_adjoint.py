@@ -52,16 +52,21 @@ def _ito_correction(problem: SDEProblem, t: torch.Tensor, y: torch.Tensor) -> to
         raise ValueError("sdeint_adjoint of an Itô SDE needs the diffusion g(t, y) itself (for the Itô–"
                          "Stratonovich correction); this SDE only defines g_prod")
     G = problem.diffusion(t, y)
-    if problem.form != "matrix":
-        (dg,) = torch.autograd.grad(G, y, torch.ones_like(G), create_graph=True)
-        return 0.5 * G * dg
     out = torch.zeros_like(y)
+    if not G.requires_grad:  # G does not depend on y (nor on any parameter)
+        return out
+    if problem.form != "matrix":
+        (dg,) = torch.autograd.grad(G, y, torch.ones_like(G), create_graph=True, allow_unused=True)
+        return out if dg is None else 0.5 * G * dg
     for j in range(G.shape[-1]):
         col = G[..., j]
         w = torch.zeros_like(col, requires_grad=True)
-        (u,) = torch.autograd.grad(col, y, w, create_graph=True)
-        (jvp,) = torch.autograd.grad(u, w, col, create_graph=True)
-        out = out + 0.5 * jvp
+        (u,) = torch.autograd.grad(col, y, w, create_graph=True, allow_unused=True)
+        if u is None:  # column j does not depend on y
+            continue
+        (jvp,) = torch.autograd.grad(u, w, col, create_graph=True, allow_unused=True)
+        if jvp is not None:
+            out = out + 0.5 * jvp
     return out
 
 
@@ -84,7 +89,8 @@ class _Augmented:
             phi = f * tau + Gv
             grads = torch.autograd.grad(phi, (y_,) + self.params, a, allow_unused=True)
         da_theta = [None if g is None else -g for g in grads[1:]]
-        return phi.detach(), -grads[0], da_theta
+        da_y = torch.zeros_like(a) if grads[0] is None else -grads[0]  # Φ may not depend on y
+        return phi.detach(), da_y, da_theta
 
 
 def _add(acc: list, terms: list, scale: float = 1.0) -> None:
@@ -141,7 +147,7 @@ def _reversible_heun_adjoint(plan: SolvePlan, ys, grad_ys, record, params, final
                 f1_, G1_ = p.drift_and_diffusion(t0 + h, z1_)
                 y1_ = y0_ + 0.5 * (f0 + f1_) * h + p.prod(G0 + G1_, 0.5 * dW)
                 grads = torch.autograd.grad((y1_, z1_), (y0_, z0_) + params, (a_y, a_z), allow_unused=True)
-            a_y, a_z = grads[0], grads[1]
+            a_y, a_z = (torch.zeros_like(a_y) if g is None else g for g in grads[:2])
             _add(g_theta, list(grads[2:]))
             y1, z1, f1, G1 = y0_.detach(), z0, f0.detach(), G0.detach()
     # z0 = y0 unless the caller gave the solver state (whose gradient is not propagated).
