@@ -147,8 +147,8 @@ def test_torchsde_call_protocol_and_errors():
     assert w.shape == u.shape == (5, 3)
     torch.testing.assert_close(tree(1.5), tree(0.0, 1.5))
     assert tree.levy_area_approximation == "space-time" and tree.shape == (5, 3)
-    with pytest.raises(ValueError, match="return_A"):
-        tree(0.0, 1.0, return_A=True)
+    w, a = tree(0.0, 1.0, return_A=True)  # the Lévy area approximation (tests/test_brownian_levy_area.py)
+    assert w.shape == (5, 3) and a.shape == (5, 3, 3)
     with pytest.raises(ValueError, match="times"):
         tree(0.0, 2.5)
     with pytest.raises(ValueError, match="ta <= tb"):

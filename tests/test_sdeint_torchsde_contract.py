@@ -76,7 +76,7 @@ def test_signature_is_torchsdes_with_keyword_only_sources():
     positional = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     assert [(p.name, p.default) for p in positional] == SIGNATURE
     keyword_only = [(p.name, p.default) for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    assert keyword_only == [("generator", None), ("seed", None), ("sample_index", None)]
+    assert keyword_only == [("generator", None), ("seed", None), ("sample_index", None), ("per_sample", False)]
     if torchsde is not None:
         theirs = [(p.name, p.default) for p in inspect.signature(torchsde.sdeint).parameters.values()
                   if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]

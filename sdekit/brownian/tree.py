@@ -28,17 +28,59 @@ when each leaf holds at most one queried interior point (the bridge values in di
 leaves are conditionally independent given the nodes); two interior points in one leaf
 share that leaf's two normals, which is continuous and consistent but correlates them
 beyond Brownian motion below the leaf length.
+
+Lévy area between channels (approximate; for ``log_ode``).  For ``W`` of shape ``(B, m)``,
+:meth:`BrownianTree.increments` with ``levy_area=True`` and ``tree(ta, tb, return_A=True)``
+also give, per queried step ``[ta, tb]`` of length ``h``,
+
+    A_jk = ½(∫ (W^j − W^j_ta) dW^k − ∫ (W^k − W^k_ta) dW^j)      (torchsde's convention),
+
+approximated from the step's exact ``(w, H)`` (``H = ΔZ/h − w/2``, the space-time Lévy area
+of :mod:`~sdekit.brownian.bridge`) as
+
+    Ã_jk = H_j w_k − w_j H_k + σ_jk ξ_jk,    σ_jk² = h²/20 + h (H_j² + H_k²)/5,
+
+``ξ`` antisymmetric with independent standard normals above the diagonal.  The first term is
+``E[A_jk | w, H]`` and ``σ_jk²`` is ``Var(A_jk | w, H)`` exactly (Foster, Lyons & Oberhauser
+2020, §2 and the log-ODE section; Foster 2020, DPhil thesis, Oxford, for the conditional mean
+and this H-dependent correction of Davie's constant-variance approximation).  Derivation, unit
+interval: with the bridge ``B = W − r w = 6r(1−r) H + Z`` (``Z`` independent of ``(w, H)``),
+the ``w``-terms vanish (``Z`` has zero endpoints and zero integral), the ``H × Z`` terms are
+``H_k K_j − H_j K_k`` with ``K = ∫ 6(1 − 2r) Z dr ~ N(0, 1/5)``, independent of ``H`` and
+between channels, and the ``Z × Z`` area has the constant variance
+``Var A − Var E[A|w,H] − 2·(1/12)/5 = 1/4 − 1/6 − 1/30 = 1/20``.  Hence ``Ã`` has the exact
+conditional mean and conditional variance (only its conditional law, a Gaussian mixture vs
+the true one, differs), ``E σ² = h²/12 = E Var(A | w, H)`` and ``Var Ã = h²/4 = Var A``.
+Relation to torchsde's ``BrownianInterval``: its ``'davie'`` adds the constant-variance term
+with variance ``h²/6`` (twice ``h²/12``: its noise ``N − Nᵀ`` has variance 2), and its
+``'foster'`` the variance ``h²/50 + h (H_j² + H_k²)/5`` (expectation ``4h²/75 ≈ 0.053 h²``, below
+``h²/12 ≈ 0.083 h²``: the constant part is ``h²/50`` where ``h²/20`` is exact).
+
+Keying of the area noise: ``ξ`` for sample ``b`` and step ``[ta, tb]`` is a pure function of
+``(seed, sample_index[b], ta, tb)`` — independent of the batch, the query order, the chunking
+and of how many steps are asked at once.  The step is identified by its two snapped tree
+positions (leaf index and fraction in the leaf, a node written as ``(node, 0)``), hashed by
+BLAKE2b to 63 bits; the normals are Philox4x32-10 with the tree's key ``split_seed(seed)`` and
+counter ``(element // 4, sample_index, id_lo, 2³¹ | id_hi)``.  Every other draw in sdekit
+(the tree's nodes, :func:`sdekit.noise.counter_normal`, the Triton kernels) has counter word
+``c3 = 0``, so these draws never coincide with any of them, for any seed; two distinct steps
+share noise only on a 63-bit hash collision.  What this does *not* give: ``Ã`` is a consistent
+approximation per queried interval, not a path functional — areas of adjacent steps are not
+composed by Chen's relation (``Ã[a, c] ≠ Ã[a, b] + Ã[b, c] + ½(w_ab ⊗ w_bc − w_bc ⊗ w_ab)``),
+exactly as for torchsde's approximations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
+import struct
 
 import torch
 
 from .._checks import check_device, check_positive, check_positive_int, check_real
-from ..noise import check_sample_index, counter_normal_unchecked, split_seed
+from ..noise import MASK32, check_sample_index, counter_normal_unchecked, philox4x32, split_seed, uint32_to_unit
 from .bridge import interior_values, root_values, split_midpoint
 
 #: Largest depth: stream ids ``2^depth + leaf`` must fit in 32 bits.
@@ -47,11 +89,14 @@ MAX_DEPTH = 31
 DEFAULT_DEPTH = 16
 #: Budget of float64 values per tree level when evaluating many times at once.
 _CHUNK_VALUES = 2**21
-#: The error for ``levy_area=True`` (``source``: the class name).
+#: The error for ``levy_area=True`` of sources without it (``source``: the class name).
 LEVY_AREA_UNAVAILABLE = (
     "{source} does not provide the Lévy area between noise channels, and log_ode needs the Lévy area A "
-    "between noise channels: pass bm=torchsde.BrownianInterval(..., levy_area_approximation='davie' or 'foster')"
+    "between noise channels: pass bm=torchsde.BrownianInterval(..., levy_area_approximation='davie' or 'foster') "
+    "or use sdekit's BrownianTree (the default bm)"
 )
+#: Counter word ``c3`` tag of the Lévy-area draws (all other draws in sdekit have ``c3 = 0``).
+_AREA_TAG = 1 << 31
 #: Positions within this many leaf lengths of a node are that node (absorbs rounding of grids).
 _SNAP = 1e-9
 
@@ -72,8 +117,12 @@ class BrownianTree:
 
     The path of sample ``b`` depends only on ``(seed, sample_index[b], t0, t1, depth)``;
     see the module docstring for the construction and what is exact.  Also usable as a
-    torchsde ``bm``: ``tree(ta, tb)`` returns ``W(tb) − W(ta)`` and
-    ``tree(ta, tb, return_U=True)`` also ``∫_ta^tb (W_s − W_ta) ds``.
+    torchsde ``bm``: ``tree(ta, tb)`` returns ``W(tb) − W(ta)``,
+    ``tree(ta, tb, return_U=True)`` also ``∫_ta^tb (W_s − W_ta) ds`` (exact), and
+    ``return_A=True`` also the Lévy area between channels, for ``W`` of shape ``(B, m)``
+    (an approximation with the exact conditional mean and variance given the step's
+    increment and space-time area, keyed per step; see the module docstring).
+    ``levy_area_approximation`` stays ``"space-time"``: what is exact.
 
     Args:
         t0, t1: the time interval (SDE time), ``t0 < t1``, finite.
@@ -183,11 +232,20 @@ class BrownianTree:
             K_a = torch.where(right, K_m[parent] + half * W_a[parent], K_a[parent])
             W_a = torch.where(right, W_m[parent], W_a[parent])
             nodes, length = children, half
-        # Per query: the leaf's values, then the bridge for interior points.
+        # Per query: the leaf's values, then the bridge for interior points.  With one time per
+        # row (times (n, B)), query (i, b) reads row b of its leaf's values.
         idx = torch.searchsorted(nodes, leaf).to(self.device)
-        shape = (-1,) + (1,) * (w.dim() - 1)
+        if times.dim() == 2:
+            rows = torch.arange(self.shape[0], device=self.device).expand(idx.shape)
+
+            def take(v, i):
+                return v[i, rows]
+        else:
+            def take(v, i):
+                return v[i]
+        shape = tuple(times.shape) + (1,) * (w.dim() - times.dim())
         rq = r.to(self.device).reshape(shape)
-        wq, Hq, Wq, Kq = w[idx], H[idx], W_a[idx], K_a[idx]
+        wq, Hq, Wq, Kq = take(w, idx), take(H, idx), take(W_a, idx), take(K_a, idx)
         interior = (r > 0) & (r < 1)
         if not bool(interior.any()):
             # Every query is a node (r = 0) or t1 (r = 1): no bridge needed.
@@ -196,10 +254,68 @@ class BrownianTree:
         xb = self._normals(2**self.depth + inner, 2)
         sel = torch.searchsorted(inner, leaf).clamp(max=inner.numel() - 1).to(self.device)
         keep = interior.to(self.device).reshape(shape)
-        x1 = torch.where(keep, xb[sel, 0], 0.0)
-        x2 = torch.where(keep, xb[sel, 1], 0.0)
+        x1 = torch.where(keep, take(xb[:, 0], sel), 0.0)
+        x2 = torch.where(keep, take(xb[:, 1], sel), 0.0)
         dW, dU = interior_values(wq, Hq, length, rq, x1, x2)
         return Wq + dW, Kq + (rq * length) * Wq + dU
+
+    def _check_levy_shape(self) -> int:
+        if len(self.shape) != 2:
+            raise ValueError(f"the Lévy area between noise channels needs W of shape (B, m), got size {self.shape} "
+                             f"(per-sample shape {self.shape[1:]})")
+        return self.shape[1]
+
+    def _step_ids(self, times: torch.Tensor) -> list[int]:
+        """63-bit ids of the steps ``[times[i], times[i+1]]`` from their snapped tree positions."""
+        leaf, r = self._positions(times)
+        at_end = r >= 1.0  # t1 (or the end of a leaf): the next node
+        leaf = torch.where(at_end, leaf + 1, leaf).tolist()
+        r = torch.where(at_end, torch.zeros_like(r), r).tolist()
+        ids = []
+        for i in range(len(leaf) - 1):
+            digest = hashlib.blake2b(struct.pack("<qdqd", leaf[i], r[i], leaf[i + 1], r[i + 1]),
+                                     digest_size=8, person=b"sdekit-levyarea").digest()
+            ids.append(int.from_bytes(digest, "little") >> 1)
+        return ids
+
+    def _area_normals(self, ids: list[int], count: int) -> torch.Tensor:
+        """``count`` float64 normals per (step id, sample): ``(N, B, count)``; counter ``(g, sample, lo, 2³¹|hi)``."""
+        groups = -(-count // 4)
+        words = torch.tensor(ids, dtype=torch.int64, device=self.device)
+        c0 = torch.arange(groups, dtype=torch.int64, device=self.device).reshape(1, 1, -1)
+        c1 = self.sample_index.reshape(1, -1, 1)
+        c2 = (words & MASK32).reshape(-1, 1, 1)
+        c3 = ((words >> 32) | _AREA_TAG).reshape(-1, 1, 1)
+        i0, i1, i2, i3 = philox4x32(c0, c1, c2, c3, *self._key)
+        shape = (len(ids), self.shape[0], groups)
+        i0, i1, i2, i3 = (torch.broadcast_to(i, shape) for i in (i0, i1, i2, i3))
+        # Box–Muller exactly as sdekit.noise.counter_normal_unchecked.
+        r0 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i0)))
+        r1 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i2)))
+        th0 = (2.0 * math.pi) * uint32_to_unit(i1)
+        th1 = (2.0 * math.pi) * uint32_to_unit(i3)
+        z = torch.stack([r0 * torch.cos(th0), r0 * torch.sin(th0), r1 * torch.cos(th1), r1 * torch.sin(th1)], -1)
+        return z.reshape(shape[:2] + (groups * 4,))[..., :count].to(torch.float64)
+
+    def _levy_area(self, times: torch.Tensor, dW: torch.Tensor, dZ: torch.Tensor) -> torch.Tensor:
+        """Approximate Lévy areas ``(N, B, m, m)`` (float64) of the steps of ``times`` (see the module docstring).
+
+        ``dW``, ``dZ``: the steps' exact float64 ``ΔW`` and ``∫ (W − W_ta) ds``, ``(N, B, m)``.
+        """
+        n, _, m = dW.shape
+        h = (times[1:] - times[:-1]).to(self.device).reshape(-1, 1, 1)
+        H = torch.where(h > 0, dZ / torch.where(h > 0, h, torch.ones_like(h)), torch.zeros_like(dZ)) - 0.5 * dW
+        A = H.unsqueeze(-1) * dW.unsqueeze(-2) - dW.unsqueeze(-1) * H.unsqueeze(-2)
+        if m < 2 or n == 0:
+            return A
+        j, k = torch.triu_indices(m, m, offset=1, device=self.device)
+        H2 = H * H
+        var = h * h / 20.0 + h * (H2[..., j] + H2[..., k]) / 5.0  # (N, B, P)
+        extra = var.sqrt() * self._area_normals(self._step_ids(times), j.numel())
+        noise = torch.zeros_like(A)
+        noise[..., j, k] = extra
+        noise[..., k, j] = -extra
+        return A + noise
 
     # ------------------------------------------------------------------ public queries
 
@@ -237,43 +353,86 @@ class BrownianTree:
         """Yield ``(ΔW, ΔZ)`` over consecutive steps ``[times[i], times[i+1]]``.
 
         ``ΔW = W(t_{i+1}) − W(t_i)`` and ``ΔZ = ∫_{t_i}^{t_{i+1}} (W_s − W_{t_i}) ds`` (``None``
-        unless ``area``), each ``(B, *S)`` in the tree's dtype.  The path is evaluated
+        unless ``area``), each ``(B, *S)`` in the tree's dtype.  With ``levy_area`` the second
+        element is instead the approximate Lévy area ``A`` between channels, ``(B, m, m)``
+        (``area`` is then ignored; see the module docstring: exact conditional mean and
+        variance given the step's ``(ΔW, ΔZ)``, keyed per step).  The path is evaluated
         in chunks of steps, one batch of counter-based draws per tree level.
 
         Raises:
-            ValueError: with ``levy_area=True``: the tree carries the space-time area only,
-                not the Lévy area between channels.
+            ValueError: with ``levy_area=True`` if ``W`` is not of shape ``(B, m)``.
         """
-        if levy_area:
-            raise ValueError(LEVY_AREA_UNAVAILABLE.format(source="BrownianTree"))
+        m = self._check_levy_shape() if levy_area else 0
         t = self._times(times)
-        per_point = max(1, math.prod(self.shape))
+        per_point = max(1, math.prod(self.shape) + m * m)
         chunk = max(1, _CHUNK_VALUES // per_point)
         for i in range(0, t.numel() - 1, chunk):
             tc = t[i:i + chunk + 1]
             W, K = self._evaluate_chunk(tc)
-            dW = (W[1:] - W[:-1]).to(self.dtype)
-            if area:
+            dW64 = W[1:] - W[:-1]
+            dW = dW64.to(self.dtype)
+            if area or levy_area:
                 h = (tc[1:] - tc[:-1]).to(self.device).reshape((-1,) + (1,) * (W.dim() - 1))
-                dZ = (K[1:] - K[:-1] - h * W[:-1]).to(self.dtype)
+                dZ64 = K[1:] - K[:-1] - h * W[:-1]
+                dZ = (self._levy_area(tc, dW64, dZ64) if levy_area else dZ64).to(self.dtype)
             for j in range(dW.shape[0]):
-                yield dW[j], (dZ[j] if area else None)
+                yield dW[j], (dZ[j] if area or levy_area else None)
+
+    def increments_rows(self, times: torch.Tensor, area: bool = False) -> list:
+        """Per-row steps: ``(ΔW, ΔZ)`` over ``[times[i, b], times[i+1, b]]`` for each row ``b``.
+
+        ``times``: float ``(n, B)``, each column non-decreasing within ``[t0, t1]`` (per-sample
+        adaptive steps, :func:`~sdekit.solvers.sde.adaptive.solve_adaptive_rows`).  Row ``b``'s
+        values are those :meth:`increments` gives a batch of that row alone at its times: the
+        path does not depend on the other rows' times.  Returns ``n − 1`` pairs of
+        ``(B, *S)`` tensors in the tree's dtype (``ΔZ`` ``None`` unless ``area``).
+
+        Raises:
+            ValueError: if ``times`` is not ``(n, B)`` or leaves ``[t0, t1]``.
+        """
+        t = times.detach().to("cpu", torch.float64)
+        if t.dim() != 2 or t.shape[1] != self.shape[0]:
+            raise ValueError(f"times must have shape (n, {self.shape[0]}), got {tuple(t.shape)}")
+        span = 1e-12 * abs(self.t1 - self.t0)
+        if not bool(((t >= self.t0 - span) & (t <= self.t1 + span)).all()):
+            raise ValueError(f"times must lie in [t0, t1] = [{self.t0}, {self.t1}]")
+        t = t.clamp(self.t0, self.t1)
+        W, K = self._evaluate_chunk(t)
+        dW = (W[1:] - W[:-1]).to(self.dtype)
+        out = []
+        if area:
+            h = (t[1:] - t[:-1]).to(self.device).reshape(tuple(t[1:].shape) + (1,) * (W.dim() - 2))
+            dZ = (K[1:] - K[:-1] - h * W[:-1]).to(self.dtype)
+        for i in range(dW.shape[0]):
+            out.append((dW[i], dZ[i] if area else None))
+        return out
 
     def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
-        """torchsde's ``bm`` protocol: ``W(tb) − W(ta)`` (and ``∫_ta^tb (W_s − W_ta) ds``).
+        """torchsde's ``bm`` protocol: ``W(tb) − W(ta)``, ``U = ∫_ta^tb (W_s − W_ta) ds``, ``A``.
 
-        With ``tb=None`` returns ``W(ta) − W(t0)``.  ``return_A`` (Lévy area between
-        channels) is not provided and raises ``ValueError``.
+        Returns ``W``, ``(W, U)``, ``(W, A)`` or ``(W, U, A)`` for ``return_U`` / ``return_A``
+        (torchsde's ``BrownianInterval`` order); ``A`` ``(B, m, m)`` is the approximate Lévy
+        area between channels of the module docstring (``W`` must be ``(B, m)``).  With
+        ``tb=None`` returns ``W(ta) − W(t0)`` (and the areas over ``[t0, ta]``).
+
+        Raises:
+            ValueError: if ``ta > tb``, a time is outside ``[t0, t1]``, or ``return_A`` with
+                ``W`` not of shape ``(B, m)``.
         """
         if return_A:
-            raise ValueError("BrownianTree provides the space-time Lévy area only (return_A is not supported)")
+            self._check_levy_shape()
         if tb is None:
             ta, tb = self.t0, ta
         ta, tb = float(ta), float(tb)
         if tb < ta:
             raise ValueError(f"need ta <= tb, got ta={ta}, tb={tb}")
-        W, K = self.evaluate([ta, tb])
-        dW = (W[1] - W[0]).to(self.dtype)
-        if not return_U:
-            return dW
-        return dW, (K[1] - K[0] - (tb - ta) * W[0]).to(self.dtype)
+        t = self._times([ta, tb])
+        W, K = self.evaluate(t)
+        dW = W[1] - W[0]
+        U = K[1] - K[0] - (tb - ta) * W[0]
+        out = [dW.to(self.dtype)]
+        if return_U:
+            out.append(U.to(self.dtype))
+        if return_A:
+            out.append(self._levy_area(t, dW[None], U[None])[0].to(self.dtype))
+        return out[0] if len(out) == 1 else tuple(out)

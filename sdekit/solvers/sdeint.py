@@ -1,4 +1,4 @@
-"""``sdekit.sdeint``: fixed-step SDE integration with outputs exactly at the requested times."""
+"""``sdekit.sdeint``: SDE integration (fixed or adaptive steps) with outputs exactly at the requested times."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from .._checks import check_batch, check_finite, check_nonnegative, check_positive, check_tensor
 from ..brownian import BrownianTree, CallableBrownian, SequentialBrownian, depth_for_step
 from .sde import as_problem, default_method, resolve
-from .sde.adaptive import doubling_query, solve_adaptive
+from .sde.adaptive import compose_area, doubling_query, per_row, solve_adaptive, solve_adaptive_rows
 from .sde.base import AbstractSDESolver
 from .sde.problem import RenamedSDE, SDEProblem, check_prior_drift, with_logqp
 
@@ -160,7 +160,8 @@ def _check_extra_state(given, initial: tuple) -> tuple:
 def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: float = 1e-3,
            adaptive: bool = False, rtol: float = 1e-5, atol: float = 1e-4, dt_min: float = 1e-5,
            options: dict | None = None, names: dict | None = None, logqp: bool = False, extra: bool = False,
-           extra_solver_state=None, *, generator=None, seed: int | None = None, sample_index=None):
+           extra_solver_state=None, *, generator=None, seed: int | None = None, sample_index=None,
+           per_sample: bool = False):
     """Solve ``dy = f(t, y) dt + g(t, y) dW`` (Itô or Stratonovich) from ``ts[0]``; the path at ``ts``.
 
     Fixed steps (default) or adaptive ones (``adaptive=True``).
@@ -283,13 +284,20 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
         generator: ``torch.Generator`` for the increments (see above).
         seed: integer in [0, 2⁶⁴) keying the Brownian tree.
         sample_index: int64 ``(B,)`` per-sample keys (default ``arange(B)``), with ``seed``.
+        per_sample: with ``adaptive=True``, a step size, controller and acceptance per row
+            (sdekit's opt-in; :func:`~sdekit.solvers.sde.adaptive.solve_adaptive_rows`): a
+            row's error is the RMS over its own elements, so one hard sample does not shrink
+            everyone's steps.  Needs an sdekit-style SDE (``t`` of shape ``(B,)``) and the
+            keyed tree (``seed=``, or ``bm=BrownianTree``); every attempt evaluates all rows,
+            so per-row conditioning stays aligned.
     Returns:
         ``ys``: ``(len(ts), B, *D)`` in ``y0``'s dtype, with ``ys[0] = y0``; with
         ``logqp=True`` ``(ys, log_ratio)``, ``log_ratio`` of shape ``(len(ts) − 1, B)`` (the
         penalty over each interval ``[ts[k], ts[k+1]]``); with ``extra=True`` the solver
         state is appended: ``(ys, state)`` or ``(ys, log_ratio, state)``.
     Raises:
-        ValueError: ``adaptive=True`` with ``generator``, or with ``rtol`` / ``atol`` negative
+        ValueError: ``per_sample=True`` without ``adaptive``, with a torchsde-style SDE or a
+            ``bm`` other than a :class:`~sdekit.brownian.BrownianTree`; ``adaptive=True`` with ``generator``, or with ``rtol`` / ``atol`` negative
             or ``dt_min`` not positive; non-finite ``y0`` or one with no rows (``B = 0``); ``dt <= 0``; ``ts`` not 1-D, not finite
             or not strictly increasing; an unknown method or one sdekit does not provide
             (``adjoint_reversible_heun``, sdeint_adjoint's own); ``log_ode`` without a ``bm``
@@ -307,7 +315,8 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     """
     bm, method, dt, adaptive, generator = _legacy_positional(bm, method, dt, adaptive, generator)
     plan = plan_solve(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp,
-                      extra_solver_state, generator=generator, seed=seed, sample_index=sample_index)
+                      extra_solver_state, generator=generator, seed=seed, sample_index=sample_index,
+                      per_sample=per_sample)
     ys, state = integrate(plan)
     return _result(ys, state, logqp, extra)
 
@@ -336,10 +345,12 @@ class SolvePlan:
     rtol: float
     atol: float
     dt_min: float
+    per_sample: bool = False
 
 
 def plan_solve(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp,
-               extra_solver_state, *, generator=None, seed=None, sample_index=None) -> SolvePlan:
+               extra_solver_state, *, generator=None, seed=None, sample_index=None,
+               per_sample: bool = False) -> SolvePlan:
     """Check :func:`sdeint`'s arguments and build the problem, the solver and the Brownian source.
 
     Raises: see :func:`sdeint`.
@@ -402,8 +413,17 @@ def plan_solve(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, option
     state = solver.init(t_start, y_aug)
     if extra_solver_state is not None:
         state = _check_extra_state(extra_solver_state, state)
+    if per_sample:
+        if not adaptive:
+            raise ValueError("per_sample=True gives each row its own step sizes: it needs adaptive=True")
+        if problem.torchsde_style:
+            raise ValueError("per_sample=True needs an sdekit-style SDE (drift(x, t) / diffusion(x, t) with t of "
+                             "shape (B,)): a torchsde-style f(t, y) takes one time for the whole batch")
+        if not isinstance(source, BrownianTree):
+            raise ValueError("per_sample=True queries each row's path at its own times: pass seed= or "
+                             "bm=sdekit.BrownianTree(...), not another bm")
     return SolvePlan(problem, solver, source, times, grid, counts, y_aug, state, pad, bool(adaptive), dt,
-                     rtol, atol, dt_min)
+                     rtol, atol, dt_min, bool(per_sample))
 
 
 def _increments(plan: SolvePlan, times):
@@ -428,6 +448,17 @@ def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor
     so that the same steps can be replayed on the same path (:func:`step_increments`).
     """
     solver, times, y, state = plan.solver, plan.times, plan.y0, plan.state
+    if plan.per_sample:
+        tree = plan.source
+        assert isinstance(tree, BrownianTree)
+
+        def query_rows(ta, tm, tb):
+            (dW1, dZ1), (dW2, dZ2) = tree.increments_rows(torch.stack([ta, tm, tb]), area=solver.uses_area)
+            return [(dW1 + dW2, compose_area(per_row(tb - tm, dW1), dW1, dZ1, dZ2)), (dW1, dZ1), (dW2, dZ2)]
+
+        outs, state = solve_adaptive_rows(solver, query_rows, y, state, times, dt=plan.dt, rtol=plan.rtol,
+                                          atol=plan.atol, dt_min=plan.dt_min)
+        return torch.stack([y] + outs), state
     if plan.adaptive:
         query = doubling_query(plan.source, solver.uses_area,
                                (lambda steps: _padded(steps, plan.pad)) if plan.pad else None,

@@ -89,6 +89,15 @@ def compose_area(h2: float, dW1: torch.Tensor, dZ1, dZ2):
     return dZ1 + dZ2 + h2 * dW1
 
 
+def compose_levy_area(dW1: torch.Tensor, dW2: torch.Tensor, A1: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
+    """The Lévy area ``A`` ``(B, m, m)`` over two adjacent steps (Chen's relation).
+
+    ``A = A₁ + A₂ + ½ (ΔW₁ ⊗ ΔW₂ − ΔW₂ ⊗ ΔW₁)`` for ``A_jk = ½ (∫ W^j dW^k − ∫ W^k dW^j)``.
+    """
+    cross = dW1.unsqueeze(-1) * dW2.unsqueeze(-2)
+    return A1 + A2 + 0.5 * (cross - cross.transpose(-1, -2))
+
+
 Query = Callable[[float, float, float], list]
 
 
@@ -109,7 +118,8 @@ def doubling_query(source, area: bool, pad: Callable[[Iterator], Iterator] | Non
     if hasattr(source, "evaluate"):
         def query(ta, tm, tb):
             (dW1, dZ1), (dW2, dZ2) = mapped(source.increments([ta, tm, tb], area=area, levy_area=levy_area))
-            return [(dW1 + dW2, compose_area(tb - tm, dW1, dZ1, dZ2)), (dW1, dZ1), (dW2, dZ2)]
+            full = compose_levy_area(dW1, dW2, dZ1, dZ2) if levy_area else compose_area(tb - tm, dW1, dZ1, dZ2)
+            return [(dW1 + dW2, full), (dW1, dZ1), (dW2, dZ2)]
     else:
         def query(ta, tm, tb):
             return [mapped(source.increments([a, b], area=area, levy_area=levy_area))[0]
@@ -176,3 +186,92 @@ def solve_adaptive(solver, query: Query, y: torch.Tensor, state: tuple, times: l
             h, ctrl = h_new, ctrl_new
         out.append(y)
     return out, state
+
+
+def next_step_rows(error: torch.Tensor, h: torch.Tensor, prev_ratio: torch.Tensor):
+    """:func:`next_step` for each row: ``error``, ``h``, ``prev_ratio`` float64 ``(B,)`` (NaN: none yet).
+
+    Returns ``(h_new, prev_ratio_new)``.
+    """
+    finite = torch.isfinite(error)
+    ratio = SAFETY / torch.where(finite, error, torch.ones_like(error))
+    prev = torch.where(torch.isnan(prev_ratio), ratio, prev_ratio)
+    accept = finite & (error <= 1)
+    grow = (ratio ** I_ACCEPT * (ratio / prev) ** P_ACCEPT).clamp(1.0, FACTOR_MAX)
+    shrink = (ratio ** I_REJECT).clamp(FACTOR_MIN, FACTOR_MAX)
+    factor = torch.where(accept, grow, torch.where(finite, shrink, torch.full_like(error, FACTOR_MIN)))
+    return h * factor, torch.where(accept, ratio, torch.where(finite, prev, prev_ratio))
+
+
+def per_row(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` values shaped ``(B, 1, …, 1)`` to broadcast against ``like`` ``(B, *D)``, in its dtype."""
+    return x.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def solve_adaptive_rows(solver, query_rows: Callable, y: torch.Tensor, state: tuple, times: list[float], *,
+                        dt: float, rtol: float, atol: float, dt_min: float) -> tuple[list[torch.Tensor], tuple]:
+    """:func:`solve_adaptive` with a step size per row (``sdeint(..., per_sample=True)``).
+
+    Row ``b`` keeps its own time, step size and controller memory, and is accepted or
+    rejected on its own error (the RMS over its elements), so a hard sample does not shrink
+    the steps of the others.  Every attempt evaluates all rows (finished or not, so per-row
+    conditioning stays aligned with the batch) and keeps the results only where they apply.
+
+    Args:
+        query_rows: ``query_rows(ta, tm, tb)`` with float64 ``(B,)`` times gives the per-row
+            increments ``(ΔW, ΔZ)`` of ``[ta, tb]``, ``[ta, tm]`` and ``[tm, tb]``.
+        others: as :func:`solve_adaptive`.
+    Returns:
+        ``(ys, state)``: the states at ``times[1:]`` and the solver state at the end.
+    Raises:
+        FloatingPointError: if a row's step at ``dt_min`` still gives non-finite values.
+    """
+    B = y.shape[0]
+    f64, dev = torch.float64, y.device
+    t = torch.full((B,), times[0], dtype=f64, device=dev)
+    h = torch.full((B,), dt, dtype=f64, device=dev)
+    prev = torch.full((B,), math.nan, dtype=f64, device=dev)
+    target = torch.tensor(times[1:], dtype=f64, device=dev)
+    k = torch.zeros(B, dtype=torch.int64, device=y.device)  # index of each row's next output time
+    outs = [torch.empty_like(y) for _ in times[1:]]
+    warned = False
+    while bool((k < len(times) - 1).any()):
+        live = k < len(times) - 1
+        t_out = target[k.clamp(max=len(times) - 2)]
+        end = torch.where(h >= t_out - t, t_out, t + h)
+        end = torch.where(live, end, t)  # finished rows take empty steps
+        mid = 0.5 * (t + end)
+        (dW, dZ), (dW1, dZ1), (dW2, dZ2) = query_rows(t, mid, end)
+        y_full, _ = solver.step(per_row(t, y), per_row(end - t, y), y, state, dW, dZ)
+        y_mid, state_mid = solver.step(per_row(t, y), per_row(mid - t, y), y, state, dW1, dZ1)
+        y_half, state_half = solver.step(per_row(mid, y), per_row(end - mid, y), y_mid, state_mid, dW2, dZ2)
+        with torch.no_grad():
+            tol = (rtol * torch.maximum(y_full.abs(), y_half.abs()) + atol).clamp_min(ERROR_EPS)
+            error = ((y_full - y_half) / tol).square().reshape(B, -1).mean(1).sqrt().clamp_min(ERROR_EPS)
+            error = torch.where(torch.isfinite(error), error, torch.full_like(error, math.inf)).double()
+        at_floor = h <= dt_min * (1 + 1e-12)
+        h_new, prev_new = next_step_rows(error, h, prev)
+        accept = live & ((error <= 1) | at_floor)
+        if bool((accept & ~torch.isfinite(error)).any()):
+            bad = int(torch.nonzero(accept & ~torch.isfinite(error))[0, 0])
+            raise FloatingPointError(f"sdeint(adaptive=True, per_sample=True): row {bad} is non-finite at "
+                                     f"t={float(end[bad])} even with the step at dt_min={dt_min}")
+        floor = live & ~accept & (h_new < dt_min)
+        if bool(floor.any()) and not warned:
+            warnings.warn("Hitting minimum allowed step size in adaptive time-stepping "
+                          f"(dt_min={dt_min}) in {int(floor.sum())} row(s)", UserWarning, stacklevel=3)
+            warned = True
+        h = torch.where(accept, h_new.clamp_min(dt_min), torch.where(floor, torch.full_like(h, dt_min), h_new))
+        h = torch.where(live, h, torch.zeros_like(h) + dt)
+        prev = torch.where(floor, torch.full_like(prev, math.nan), prev_new)
+        prev = torch.where(live, prev, torch.full_like(prev, math.nan))
+        keep = per_row(accept, y).bool()
+        y = torch.where(keep, y_half, y)
+        state = tuple(torch.where(per_row(accept, s).bool(), a, s) for a, s in zip(state_half, state))
+        t = torch.where(accept, end, t)
+        arrived = accept & (end == t_out)
+        for j in torch.unique(k[arrived]).tolist():
+            rows = arrived & (k == j)
+            outs[j] = torch.where(per_row(rows, y).bool(), y, outs[j])
+        k = k + arrived.long()
+    return outs, state

@@ -11,6 +11,7 @@ pair given the step's Brownian increment ``ΔW`` and, for methods with
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 
@@ -89,7 +90,8 @@ class AbstractSDESolver(abc.ABC):
 
         Args:
             t0: 0-dim tensor, the step's start time.
-            h: the step size (> 0).
+            h: the step size (> 0): a float, or with per-sample steps a ``(B, 1, …)`` tensor
+                (then ``t0`` is ``(B, 1, …)`` too).
             y: ``(B, *D)`` state at ``t0``.
             state: the solver state.
             dW: ``(B, *S)`` Brownian increment over the step.
@@ -98,6 +100,11 @@ class AbstractSDESolver(abc.ABC):
         Returns:
             ``(y1, state1)``.
         """
+
+
+def sqrt_step(h):
+    """``√h`` for a step size that is a float or a tensor of per-row steps (``(B, 1, …)``)."""
+    return h.sqrt() if isinstance(h, torch.Tensor) else math.sqrt(h)
 
 
 def add_into(acc: torch.Tensor, *terms: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import AbstractSDESolver, add_into
+from .base import AbstractSDESolver, add_into, sqrt_step
 from .problem import mul_maybe_into
 
 
@@ -109,7 +107,7 @@ class DerivativeFreeMilstein(_MilsteinBase):
             return self._additive(t0, h, y, dW), state
         f = p.drift(t0, y)
         g = p.diffusion_column(t0, y)
-        sqrt_h = math.sqrt(h)
+        sqrt_h = sqrt_step(h)
         support = y + g * sqrt_h + (f * h if p.sde_type == "ito" else 0.0)
         g_bar = p.diffusion_column(t0, support)
         # y + f h + g ΔW + (ḡ − g)(ΔW² − h)/(2√h), summed left to right.

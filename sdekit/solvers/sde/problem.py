@@ -188,8 +188,8 @@ def from_sdekit(sde, y0: torch.Tensor, t0) -> SDEProblem:
         )
     B = y0.shape[0]
 
-    def batch(t):
-        return t.expand(B)
+    def batch(t):  # a 0-d time, or one per row ((B,) or (B, 1, …) from per-sample steps)
+        return t.reshape(-1).expand(B)
 
     def f(t, y):
         return sde.drift(y, batch(t))

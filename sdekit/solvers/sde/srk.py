@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from .base import AbstractSDESolver, add_into
+from .base import AbstractSDESolver, add_into, sqrt_step
 from .srk_tableaus import SRA1, SRA3, SRI2, SRATableau, SRITableau
 
 
@@ -115,7 +113,7 @@ class SRI2Solver(AbstractSDESolver):
 
     def step(self, t0, h, y, state, dW, dZ):
         p, tab = self.problem, self.tableau
-        sqrt_h = math.sqrt(h)
+        sqrt_h = sqrt_step(h)
         i10 = dZ / h
         i11 = (dW * dW).sub_(h).mul_(0.5 / sqrt_h)  # (ΔW² − h)·(0.5/√h), in place
         i111 = (dW * dW * dW - 3.0 * h * dW).div_(6.0 * h)
