@@ -19,12 +19,23 @@ step number; a Brownian tree uses the node number).  Arithmetic is float32;
 ``|z|`` is at most ``√(50 ln 2) ≈ 5.9`` (probability of a larger normal: 4e-9).
 
 Everything here runs in plain PyTorch on any device, with 32-bit unsigned
-arithmetic emulated in int64.
+arithmetic emulated in int64: that code is the reference.  On the CPU the draws
+(:func:`counter_normal_unchecked`, hence :func:`counter_normal`, and
+:func:`counter_rademacher`) go through a small C library instead
+(:mod:`sdekit._native`, built with the system C compiler at the first CPU draw
+and cached in ``$SDEKIT_CACHE`` or ``~/.cache/sdekit``): the same Philox words
+bit for bit, and normals within 4 float32 ulp of the reference's (its ln, sin
+and cos are float32 polynomials of its own, accurate to ~1.4 ulp; torch's to
+~1 ulp), at less than the cost of ``torch.randn``.  It is used for CPU
+``sample_index`` tensors outside ``torch.compile``/``torch.jit`` tracing and
+functorch transforms; without a C compiler, or with the environment variable
+``SDEKIT_NATIVE=0``, the torch code runs.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -128,14 +139,91 @@ def counter_normal_unchecked(k0: int, k1: int, stream, sample_index: torch.Tenso
     ``stream`` is an int or an int64 tensor ``(B,)``; returns float32 ``(B, *shape)``.
     """
     numel = math.prod(shape)
+    native = _use_native(stream, sample_index)
+    if native == "op":  # traced by torch.compile: the same C draw as eager, as one opaque graph node
+        tensor_stream = stream if isinstance(stream, torch.Tensor) else None
+        z = torch.ops.sdekit.keyed_normal(sample_index, tensor_stream, 0 if tensor_stream is not None else stream,
+                                          k0, k1, numel)
+        return z.reshape((sample_index.shape[0],) + shape)
+    if native:
+        z = _native_normals(k0, k1, stream, sample_index, numel)
+        if z is not None:
+            return z.reshape((sample_index.shape[0],) + shape)
+    return _reference_normals(k0, k1, stream, sample_index, numel).reshape((sample_index.shape[0],) + shape)
+
+
+def _reference_normals(k0: int, k1: int, stream, sample_index: torch.Tensor, numel: int) -> torch.Tensor:
+    """The torch code (the reference, any device): float32 ``(B, numel)``."""
     groups = -(-numel // 4)
-    i0, i1, i2, i3 = _philox_words(k0, k1, stream, sample_index, groups)
+    z = box_muller(*_philox_words(k0, k1, stream, sample_index, groups))
+    return z.reshape(sample_index.shape[0], groups * 4)[:, :numel]
+
+
+def box_muller(i0: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor, i3: torch.Tensor) -> torch.Tensor:
+    """Four Philox words (int64 tensors of one shape ``S``) → float32 normals ``(*S, 4)`` (Box & Muller 1958).
+
+    ``(r₀cos θ₀, r₀sin θ₀, r₁cos θ₁, r₁sin θ₁)`` with ``r = √(−2 ln u(i₀ or i₂))`` and
+    ``θ = 2π u(i₁ or i₃)``, ``u`` = :func:`uint32_to_unit` (the layout in the module docstring).
+    """
     r0 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i0)))
     r1 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i2)))
     th0 = (2.0 * math.pi) * uint32_to_unit(i1)
     th1 = (2.0 * math.pi) * uint32_to_unit(i3)
-    z = torch.stack([r0 * torch.cos(th0), r0 * torch.sin(th0), r1 * torch.cos(th1), r1 * torch.sin(th1)], dim=-1)
-    return z.reshape(sample_index.shape[0], groups * 4)[:, :numel].reshape((sample_index.shape[0],) + shape)
+    return torch.stack([r0 * torch.cos(th0), r0 * torch.sin(th0), r1 * torch.cos(th1), r1 * torch.sin(th1)], dim=-1)
+
+
+def _use_native(stream, sample_index: torch.Tensor):
+    """Whether the C path (:mod:`sdekit._native`) draws: plain CPU tensors, not ``SDEKIT_NATIVE=0``.
+
+    Returns ``"op"`` under ``torch.compile`` (the draw is the custom op ``sdekit::keyed_normal``, so a
+    compiled loop gives the eager bits), else a bool; never under ``torch.jit`` or functorch transforms.
+    """
+    if os.environ.get("SDEKIT_NATIVE", "1") == "0":
+        return False
+    if type(sample_index) is not torch.Tensor and not torch.compiler.is_compiling():
+        return False
+    if sample_index.device.type != "cpu" or sample_index.dim() != 1:
+        return False
+    if isinstance(stream, torch.Tensor) and (stream.device.type != "cpu" or stream.shape != sample_index.shape):
+        return False
+    if torch.jit.is_scripting() or torch._C._get_tracing_state() is not None:
+        return False
+    if torch.compiler.is_compiling():
+        return "op" if _KEYED_NORMAL_OP else False
+    if isinstance(stream, torch.Tensor) and type(stream) is not torch.Tensor:
+        return False
+    functorch = getattr(torch._C, "_functorch", None)
+    wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    return not (wrapped is not None and (wrapped(sample_index) or (isinstance(stream, torch.Tensor) and wrapped(stream))))
+
+
+def _native_normals(k0: int, k1: int, stream, sample_index: torch.Tensor, numel: int):
+    from . import _native
+
+    return _native.normals(k0, k1, stream, sample_index, numel)
+
+
+def _keyed_normal_op(sample_index: torch.Tensor, stream: torch.Tensor | None, stream0: int, k0: int, k1: int,
+                     numel: int) -> torch.Tensor:
+    """``sdekit::keyed_normal``: float32 ``(B, numel)`` normals, the C draw (the torch code without the library)."""
+    s = stream if stream is not None else stream0
+    z = _native_normals(k0, k1, s, sample_index, numel)
+    if z is None:
+        with torch.no_grad():
+            z = _reference_normals(k0, k1, s, sample_index, numel)
+    return z
+
+
+def _keyed_normal_fake(sample_index, stream, stream0, k0, k1, numel):
+    return sample_index.new_empty((sample_index.shape[0], numel), dtype=torch.float32)
+
+
+try:  # a registration, no import: about 4 ms
+    torch.library.custom_op("sdekit::keyed_normal", _keyed_normal_op, mutates_args=()).register_fake(
+        _keyed_normal_fake)
+    _KEYED_NORMAL_OP = True
+except (AttributeError, RuntimeError):  # pragma: no cover - torch without custom_op, or registered twice
+    _KEYED_NORMAL_OP = hasattr(torch.ops.sdekit, "keyed_normal")
 
 
 def _philox_words(k0: int, k1: int, stream, sample_index: torch.Tensor, groups: int):
@@ -174,6 +262,12 @@ def counter_rademacher(seed: int, stream: int, sample_index: torch.Tensor, shape
         raise ValueError(f"stream must be an integer in [0, 2**32), got {stream!r}")
     shape = tuple(shape)
     numel = math.prod(shape)
+    if _use_native(stream, sample_index) is True:
+        from . import _native
+
+        pm = _native.rademacher(k0, k1, stream, sample_index, numel)
+        if pm is not None:
+            return pm.to(dtype).reshape((sample_index.shape[0],) + shape)
     words = _philox_words(k0, k1, stream, sample_index, -(-numel // 4))
     bits = torch.stack([w >> 31 for w in words], dim=-1).reshape(sample_index.shape[0], -1)[:, :numel]
     return (bits.to(dtype) * 2 - 1).reshape((sample_index.shape[0],) + shape)

@@ -80,7 +80,7 @@ import struct
 import torch
 
 from .._checks import check_device, check_positive, check_positive_int, check_real
-from ..noise import MASK32, check_sample_index, counter_normal_unchecked, philox4x32, split_seed, uint32_to_unit
+from ..noise import MASK32, box_muller, check_sample_index, counter_normal_unchecked, philox4x32, split_seed
 from .bridge import interior_values, root_values, split_midpoint
 
 #: Largest depth: stream ids ``2^depth + leaf`` must fit in 32 bits.
@@ -288,13 +288,7 @@ class BrownianTree:
         c3 = ((words >> 32) | _AREA_TAG).reshape(-1, 1, 1)
         i0, i1, i2, i3 = philox4x32(c0, c1, c2, c3, *self._key)
         shape = (len(ids), self.shape[0], groups)
-        i0, i1, i2, i3 = (torch.broadcast_to(i, shape) for i in (i0, i1, i2, i3))
-        # Box–Muller exactly as sdekit.noise.counter_normal_unchecked.
-        r0 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i0)))
-        r1 = torch.sqrt(-2.0 * torch.log(uint32_to_unit(i2)))
-        th0 = (2.0 * math.pi) * uint32_to_unit(i1)
-        th1 = (2.0 * math.pi) * uint32_to_unit(i3)
-        z = torch.stack([r0 * torch.cos(th0), r0 * torch.sin(th0), r1 * torch.cos(th1), r1 * torch.sin(th1)], -1)
+        z = box_muller(*(torch.broadcast_to(i, shape) for i in (i0, i1, i2, i3)))  # as sdekit.noise's draws
         return z.reshape(shape[:2] + (groups * 4,))[..., :count].to(torch.float64)
 
     def _levy_area(self, times: torch.Tensor, dW: torch.Tensor, dZ: torch.Tensor) -> torch.Tensor:

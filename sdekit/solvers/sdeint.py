@@ -200,9 +200,10 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
     Itô and Stratonovich SDEs coincide, so for sdekit-style SDEs (``drift`` / ``diffusion``,
     which torchsde does not take) both families are accepted there.  ``log_ode`` (the
     log-ODE midpoint scheme, Stratonovich, all noise types) needs the Lévy area between
-    noise channels from ``bm``: a ``torchsde.BrownianInterval`` with
-    ``levy_area_approximation`` ``"davie"`` or ``"foster"``; sdekit's own tree has no such
-    area, so without such a ``bm`` it raises (torchsde builds a Foster interval there).
+    noise channels: from ``bm`` (a ``torchsde.BrownianInterval`` with
+    ``levy_area_approximation`` ``"davie"`` or ``"foster"``), or, without a ``bm``, from
+    sdekit's tree (its keyed approximation with the exact conditional mean and variance,
+    :class:`~sdekit.brownian.BrownianTree`; torchsde builds a Foster interval there).
 
     Default method: for torchsde-style SDEs torchsde's — ``srk`` for Itô SDEs with
     diagonal, scalar or additive noise, ``euler`` for Itô SDEs with general noise,
@@ -300,8 +301,8 @@ def sdeint(sde, y0: torch.Tensor, ts, bm=None, method: str | None = None, dt: fl
             ``bm`` other than a :class:`~sdekit.brownian.BrownianTree`; ``adaptive=True`` with ``generator``, or with ``rtol`` / ``atol`` negative
             or ``dt_min`` not positive; non-finite ``y0`` or one with no rows (``B = 0``); ``dt <= 0``; ``ts`` not 1-D, not finite
             or not strictly increasing; an unknown method or one sdekit does not provide
-            (``adjoint_reversible_heun``, sdeint_adjoint's own); ``log_ode`` without a ``bm``
-            that gives the Lévy area; a method that does not support the SDE's noise type or SDE type
+            (``adjoint_reversible_heun``, sdeint_adjoint's own); ``log_ode`` with a ``bm`` that
+            does not give the Lévy area; a method that does not support the SDE's noise type or SDE type
             (the message names both); ``sra*``/``sri2``/``srk`` with a ``bm`` without the
             space-time area; ``f`` / ``g`` / ``h`` returning the wrong shape or non-finite
             values at ``(ts[0], y0)``; a ``bm`` of the wrong shape or span; more than one of

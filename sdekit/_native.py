@@ -1,0 +1,187 @@
+"""The CPU fast path of :mod:`sdekit.noise`: ``_native_noise.c`` built on first use and called through ctypes.
+
+The C source (no Python or torch headers) is compiled with the system C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``) the first time keyed noise is drawn
+on the CPU, into the cache folder ``$SDEKIT_CACHE`` (else
+``$XDG_CACHE_HOME/sdekit``, else ``~/.cache/sdekit``).  The library's name holds
+a hash of the source, the compiler and the platform, so an edited source or
+another compiler builds a new one; it is built into a temporary file and moved
+into place atomically, so concurrent processes never load a half-written file.
+Flags: ``-O3 -fPIC -shared -ffp-contract=off -fno-math-errno``, with
+``-fopenmp`` where it links (each set is tried in turn, the first that builds
+and loads is kept).
+
+Nothing here runs at ``import sdekit``: :mod:`sdekit.noise` imports this module
+at the first CPU draw.  Where no compiler is found or the build fails,
+:func:`library` returns ``None`` (logged once at DEBUG level) and the caller
+uses the torch reference.  ``SDEKIT_NATIVE=0`` disables the fast path (checked
+by :mod:`sdekit.noise` at every call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_native_noise.c")
+_BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
+#: Tried in order: OpenMP and per-ISA clones, then without OpenMP, then without clones (other compilers).
+_FLAG_SETS = [["-fopenmp"], [], ["-fopenmp", "-DSDEKIT_NO_CLONES"], ["-DSDEKIT_NO_CLONES"]]
+#: Below this many elements one thread draws them (a parallel region costs more than it saves).
+PARALLEL_MIN = 2**15
+
+_lock = threading.Lock()
+_state: dict = {}  # "lib": the loaded library or None once tried
+
+
+def cache_dir() -> Path:
+    """The folder holding the built library (``$SDEKIT_CACHE``, ``$XDG_CACHE_HOME/sdekit`` or ``~/.cache/sdekit``)."""
+    if os.environ.get("SDEKIT_CACHE"):
+        return Path(os.environ["SDEKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sdekit"
+
+
+def _compiler() -> str | None:
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return os.path.realpath(found)
+    return None
+
+
+def _library_path(cc: str, source: bytes) -> Path:
+    st = os.stat(cc)
+    ident = repr((cc, st.st_size, st.st_mtime_ns, _BASE_FLAGS, _FLAG_SETS, platform.machine(), sys.platform))
+    digest = hashlib.sha256(source + ident.encode()).hexdigest()[:16]
+    suffix = ".dll" if sys.platform == "win32" else ".so"
+    return cache_dir() / f"noise-{digest}{suffix}"
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    u32, i64, ptr = ctypes.c_uint32, ctypes.c_int64, ctypes.c_void_p
+    for name in ("sdekit_normals", "sdekit_rademacher", "sdekit_words"):
+        fn = getattr(lib, name)
+        fn.argtypes = [u32, u32, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int]
+        fn.restype = None
+    lib.sdekit_box_muller.argtypes = [ptr, i64, ptr]
+    lib.sdekit_box_muller.restype = None
+    lib.sdekit_has_openmp.argtypes = []
+    lib.sdekit_has_openmp.restype = ctypes.c_int
+    return lib
+
+
+def _build(cc: str, target: Path) -> ctypes.CDLL:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for extra in _FLAG_SETS:
+        fd, tmp = tempfile.mkstemp(prefix=target.stem + "-", suffix=target.suffix + ".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            cmd = [cc, *_BASE_FLAGS, *extra, str(SOURCE), "-o", tmp]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+            if out.returncode != 0:
+                errors.append(f"{' '.join(cmd)}: {out.stderr.strip()[-500:]}")
+                continue
+            lib = _declare(ctypes.CDLL(tmp))  # loads before it is published: a library that does not load is not kept
+            os.replace(tmp, target)
+            return lib
+        except (OSError, subprocess.SubprocessError, AttributeError) as e:
+            errors.append(f"{extra}: {e}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("; ".join(errors))
+
+
+def _load() -> ctypes.CDLL | None:
+    cc = _compiler()
+    source = SOURCE.read_bytes()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    target = _library_path(cc, source)
+    if target.exists():
+        try:
+            return _declare(ctypes.CDLL(str(target)))
+        except (OSError, AttributeError) as e:
+            _log.debug("sdekit native noise: cached %s does not load (%s); rebuilding", target, e)
+    return _build(cc, target)
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library, building it on the first call; ``None`` where it cannot be built (then never retried)."""
+    if "lib" in _state:
+        return _state["lib"]
+    with _lock:
+        if "lib" not in _state:
+            try:
+                _state["lib"] = _load()
+            except Exception as e:  # noqa: BLE001 - any failure means the torch path, never an error
+                _log.debug("sdekit native noise unavailable, using the torch path: %s", e)
+                _state["lib"] = None
+    return _state["lib"]
+
+
+def _threads(total: int) -> int:
+    return torch.get_num_threads() if total >= PARALLEL_MIN else 1
+
+
+def _draw(fn_name: str, k0: int, k1: int, stream, sample_index: torch.Tensor, numel: int, dtype) -> torch.Tensor | None:
+    lib = library()
+    if lib is None:
+        return None
+    index = sample_index.to(torch.int64).contiguous()
+    batch = index.shape[0]
+    out = torch.empty((batch, numel), dtype=dtype)
+    if batch * numel == 0:
+        return out
+    if isinstance(stream, torch.Tensor):
+        streams = stream.to(device="cpu", dtype=torch.int64).contiguous()
+        sptr, s0 = streams.data_ptr(), 0
+    else:
+        streams, sptr, s0 = None, None, int(stream)
+    getattr(lib, fn_name)(k0, k1, sptr, s0, index.data_ptr(), batch, numel, out.data_ptr(), _threads(batch * numel))
+    del streams  # kept alive through the call
+    return out
+
+
+def normals(k0: int, k1: int, stream, sample_index: torch.Tensor, numel: int) -> torch.Tensor | None:
+    """Float32 ``(B, numel)`` normals of :func:`sdekit.noise.counter_normal_unchecked`, or ``None`` without the library."""
+    return _draw("sdekit_normals", k0, k1, stream, sample_index, numel, torch.float32)
+
+
+def rademacher(k0: int, k1: int, stream, sample_index: torch.Tensor, numel: int) -> torch.Tensor | None:
+    """Float32 ``(B, numel)`` ±1 of :func:`sdekit.noise.counter_rademacher`, or ``None`` without the library."""
+    return _draw("sdekit_rademacher", k0, k1, stream, sample_index, numel, torch.float32)
+
+
+def words(k0: int, k1: int, stream, sample_index: torch.Tensor, groups: int) -> torch.Tensor | None:
+    """Philox words ``(B, groups, 4)`` as int64 in [0, 2³²) (:func:`sdekit.noise._philox_words`, stacked)."""
+    out = _draw("sdekit_words", k0, k1, stream, sample_index, 4 * groups, torch.int32)
+    return None if out is None else out.to(torch.int64).reshape(-1, groups, 4) & 0xFFFFFFFF
+
+
+def box_muller(words: torch.Tensor) -> torch.Tensor:
+    """The native Box–Muller transform of words ``(n, 4)`` (int64 in [0, 2³²)) to float32 ``(n, 4)`` (for tests)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("sdekit native noise library unavailable")
+    w = words.to(torch.int64)
+    w = torch.where(w >= 2**31, w - 2**32, w).to(torch.int32).contiguous()
+    out = torch.empty(w.shape, dtype=torch.float32)
+    lib.sdekit_box_muller(w.data_ptr(), w.shape[0], out.data_ptr())
+    return out
