@@ -163,6 +163,29 @@ def test_adjoint_params_and_errors():
     assert sde.A.grad is not None and sde.C.grad is None and y0g.grad is not None
 
 
+def test_adjoint_of_an_sde_free_of_y_and_of_trainable_parameters():
+    class Frozen(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def __init__(self):
+            super().__init__()
+            self.frozen = torch.nn.Parameter(torch.ones(1, D, dtype=F64), requires_grad=False)
+            self.unused = torch.nn.Parameter(torch.ones(1, D, dtype=F64))
+
+        def f(self, t, y):
+            return 0.2 * self.frozen + torch.zeros_like(y)
+
+        def g(self, t, y):
+            return torch.sigmoid(self.frozen) + torch.zeros_like(y)
+
+    sde = Frozen()
+    y0 = torch.full((B, D), 0.1, dtype=F64, requires_grad=True)
+    ys = sdekit.sdeint_adjoint(sde, y0, [0.0, 0.5], method="milstein", dt=0.05, seed=0)
+    ys[-1].sum().backward()
+    assert torch.equal(y0.grad, torch.ones_like(y0))
+    assert sde.unused.grad is None or not bool(sde.unused.grad.any())  # unused: a zero gradient (as torchsde)
+
+
 @pytest.mark.parametrize("method", ["milstein", "srk"])
 @pytest.mark.parametrize("g_kind", ["parameters_only", "constant"])
 def test_ito_adjoint_with_a_diffusion_free_of_y(method, g_kind):
