@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from sdekit.noise import counter_normal_unchecked
+from sdekit.noise import _native_eager, counter_normal_unchecked
 
 from ._args import Coef, NoiseKey, check_data, check_out, coef, compute_dtype, noise_key
 from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
@@ -50,8 +50,18 @@ def affine_update_ref(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None,
     Computes in float32 (float64 for float64 ``x``); the noise is
     :func:`sdekit.noise.counter_normal_unchecked` with the same key, so it equals
     the kernel's up to float32 rounding of ``log``/``cos``/``sin``.
+
+    On the CPU, for contiguous float32/float64 ``x`` and ``s`` (and ``z``) outside
+    autograd, ``torch.compile`` and tracing, the update runs in one pass in C
+    (:func:`sdekit._native.affine`, noise drawn in place): the same bits as the
+    torch code (same operations in the same order, same noise); elsewhere, or
+    without the C library, the torch code runs.
     """
     coefs, noise = _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out)
+    if _NATIVE_FUSED and x.device.type == "cpu":
+        fused = _native_affine(x, s, coefs, noise, out, return_mean)
+        if fused is not None:
+            return fused
     cdt = compute_dtype(x.dtype)
     col = {n: v.column(x, cdt) for n, v in coefs.items()}
     mean = col["a"] * x.to(cdt)
@@ -64,6 +74,62 @@ def affine_update_ref(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None,
         new = mean + col["c"] * zz
     new = _write(new, out, x.dtype)
     return (new, mean.to(x.dtype)) if return_mean else new
+
+
+#: Private switch (tests): ``False`` keeps :func:`affine_update_ref` on the eager torch code everywhere.
+_NATIVE_FUSED = True
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether contiguous ``a`` and ``b`` share memory without being the same memory."""
+    if b is None or a.data_ptr() == b.data_ptr():
+        return False
+    pa, pb = a.data_ptr(), b.data_ptr()
+    return pa < pb + b.numel() * b.element_size() and pb < pa + a.numel() * a.element_size()
+
+
+def native_affine_applies(x, s, z, out, tensors) -> bool:
+    """Whether the C one-pass update (:func:`sdekit._native.affine`) can stand in for the eager code, bit for bit.
+
+    ``x``, ``s`` (and ``z``) contiguous CPU tensors of one dtype, float32 or float64 (their own compute
+    dtype; float16/bfloat16 take the eager path); ``out`` not partly overlapping them; every tensor
+    (``tensors`` adds the coefficients and the key's) plain, outside compile/tracing/functorch, no
+    autograd (:func:`sdekit.noise._native_eager`).
+    """
+    if x.dtype not in _NATIVE_DTYPES or s.dtype != x.dtype or not (x.is_contiguous() and s.is_contiguous()):
+        return False
+    if z is not None and (z.dtype != x.dtype or not z.is_contiguous()):
+        return False
+    if out is not None and (_overlap(out, x) or _overlap(out, s) or _overlap(out, z)):
+        return False
+    return _native_eager(x, s, z, out, *tensors)
+
+
+def _native_affine(x, s, coefs: dict[str, Coef], noise, out, return_mean):
+    """:func:`affine_update_ref` by the C one-pass update where it applies (CPU), else ``None``.
+
+    Same bits as the eager code: the C loop evaluates ``a·x``, ``+ b·s``, ``+ d``, ``+ c·z`` in the
+    reference's order with the same rounding, and its in-place ``z`` is the native draw's.
+    """
+    z = noise[1] if noise is not None and noise[0] == "z" else None
+    key = noise[1] if noise is not None and noise[0] == "key" else None
+    values = [coefs[n].value for n in "abcd"]
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if key is not None:  # an int stream and a (B,) index: _native_eager covers _use_native's conditions
+        tensors.append(key.sample_index)
+    if not native_affine_applies(x, s, z, out, tensors):
+        return None
+    from sdekit import _native
+
+    new = out if out is not None else torch.empty(x.shape, dtype=x.dtype)
+    mean = torch.empty(x.shape, dtype=x.dtype) if return_mean and (noise is not None or out is not None) else None
+    native_key = None if key is None else (key.k0, key.k1, key.stream, key.sample_index)
+    if not _native.affine(x, s, values, not coefs["d"].is_zero(), key=native_key, z=z, out=new, mean=mean):
+        return None
+    if return_mean:  # without noise and out the reference's mean is its result, one tensor
+        return new, (mean if mean is not None else new)
+    return new
 
 
 def _ref_normal(key: NoiseKey, shape) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from . import affine as _affine
 from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
 from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
 from .affine import _launch, _ref_normal
@@ -67,11 +68,30 @@ def langevin_step_ref(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, 
     z_norm = z_c.double().flatten(1).pow(2).sum(1).sqrt().to(cdt)
     a = alpha.value.to(cdt) if alpha.is_vec else alpha.value
     eps = step_size(s_norm, z_norm, float(snr), a, per_sample_norm)
+    if _affine._NATIVE_FUSED and x.device.type == "cpu":
+        fused = _native_update(x, s_c, z_c, eps, out, return_mean)
+        if fused is not None:
+            return fused
     col = lambda v: v.reshape((-1,) + (1,) * (x.dim() - 1))
     mean = x.to(cdt) + col(eps) * s_c
     new = mean + col((2 * eps).sqrt()) * z_c
     new = new.to(x.dtype) if out is None else out.copy_(new)
     return (new, mean.to(x.dtype), eps) if return_mean else (new, eps)
+
+
+def _native_update(x, s_c, z_c, eps, out, return_mean):
+    """The update ``x + ε s + √(2ε) z`` of :func:`langevin_step_ref` by the C one-pass affine update
+    (``a = 1``, ``b = ε``, ``c = √(2ε)``, the given ``z``; ``1·x`` is ``x`` and ``+`` commutes, so the bits
+    are the eager code's), where :func:`sdekit.kernels.affine.native_affine_applies`; else ``None``."""
+    if not _affine.native_affine_applies(x, s_c, z_c, out, (eps,)):
+        return None
+    from sdekit import _native
+
+    new = out if out is not None else torch.empty(x.shape, dtype=x.dtype)
+    mean = torch.empty(x.shape, dtype=x.dtype) if return_mean else None
+    if not _native.affine(x, s_c, (1.0, eps, (2 * eps).sqrt(), 0.0), False, z=z_c, out=new, mean=mean):
+        return None
+    return (new, mean, eps) if return_mean else (new, eps)
 
 
 def langevin_step_triton(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, sample_index=None, stream=0,

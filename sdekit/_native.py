@@ -1,5 +1,8 @@
 """The CPU fast path of :mod:`sdekit.noise`: ``_native_noise.c`` built on first use and called through ctypes.
 
+It also holds the one-pass affine update with in-place noise of
+:func:`sdekit.kernels.affine_update_ref` (and the Langevin reference's update), :func:`affine`.
+
 The C source (no Python or torch headers) is compiled with the system C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``) the first time keyed noise is drawn
 on the CPU, into the cache folder ``$SDEKIT_CACHE`` (else
@@ -77,6 +80,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name in ("sdekit_normals", "sdekit_rademacher", "sdekit_words"):
         fn = getattr(lib, name)
         fn.argtypes = [u32, u32, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int]
+        fn.restype = None
+    for name in ("sdekit_affine_f32", "sdekit_affine_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_int, u32, u32, ptr, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr,
+                       ptr, ctypes.c_int]
         fn.restype = None
     lib.sdekit_box_muller.argtypes = [ptr, i64, ptr]
     lib.sdekit_box_muller.restype = None
@@ -185,3 +193,69 @@ def box_muller(words: torch.Tensor) -> torch.Tensor:
     out = torch.empty(w.shape, dtype=torch.float32)
     lib.sdekit_box_muller(w.data_ptr(), w.shape[0], out.data_ptr())
     return out
+
+
+_AFFINE = {torch.float32: "sdekit_affine_f32", torch.float64: "sdekit_affine_f64"}
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def affine(x: torch.Tensor, s: torch.Tensor, coefs, has_d: bool, *, key=None, z: torch.Tensor | None = None,
+           out: torch.Tensor, mean: torch.Tensor | None = None) -> bool:
+    """The one-pass affine update of :func:`sdekit.kernels.affine_update_ref` into ``out`` (and ``mean``).
+
+    ``x``, ``s``, ``z`` (given noise), ``out`` and ``mean``: contiguous CPU tensors of one shape ``(B, *D)``
+    and one dtype, float32 or float64 (the compute dtype); ``out`` may be ``x``, ``s`` or ``z``.
+    ``coefs``: ``(a, b, c, d)``, each a Python float or a tensor of shape ``()`` or ``(B,)`` (any strides,
+    converted to the dtype as the reference does).  ``key``: ``(k0, k1, stream, sample_index)`` (stream an
+    int or an int64 ``(B,)`` tensor) draws ``z`` in place, the bits of :func:`normals`; neither ``key`` nor
+    ``z``: no noise (``out`` is the mean).  Per element, in the reference's order and rounding:
+    ``m = a x + b s``, ``m = m + d`` (if ``has_d``), ``new = m + c z``.
+
+    Returns ``False`` (nothing written) without the library, or for a float coefficient that float32 cannot
+    hold (torch raises there); the caller then runs the torch code.
+    """
+    lib = library()
+    if lib is None:
+        return False
+    dtype = x.dtype
+    batch = x.shape[0]
+    keep = []
+    ptrs = (ctypes.c_void_p * 4)()
+    strides = (ctypes.c_int64 * 4)()
+    values = (ctypes.c_double * 4)()
+    for j, v in enumerate(coefs):
+        if isinstance(v, torch.Tensor):
+            v = v.to(dtype)
+            keep.append(v)
+            ptrs[j] = v.data_ptr()
+            strides[j] = v.stride(0) if v.dim() else 0
+        else:
+            if dtype == torch.float32 and abs(v) > _FLOAT32_MAX:
+                return False
+            values[j] = v
+    numel = x.numel() // batch if batch else 0
+    mode, k0, k1, sptr, s0, iptr = 0, 0, 0, None, 0, None
+    if key is not None:
+        k0, k1, stream, index = key
+        if index.dtype != torch.int64 or not index.is_contiguous():
+            index = index.to(torch.int64).contiguous()
+            keep.append(index)
+        iptr, mode = index.data_ptr(), 1
+        if isinstance(stream, torch.Tensor):
+            streams = stream.to(device="cpu", dtype=torch.int64).contiguous()
+            keep.append(streams)
+            sptr = streams.data_ptr()
+        else:
+            s0 = int(stream)
+    elif z is not None:
+        mode = 2
+    if batch * numel == 0:
+        return True
+    fn = _state.get(dtype)
+    if fn is None:
+        fn = _state[dtype] = getattr(lib, _AFFINE[dtype])
+    fn(mode, k0, k1, sptr, s0, iptr, batch, numel, x.data_ptr(), s.data_ptr(),
+       z.data_ptr() if z is not None and mode == 2 else None, ptrs, strides, values, int(has_d), out.data_ptr(),
+       mean.data_ptr() if mean is not None else None, _threads(batch * numel))
+    del keep  # alive through the call
+    return True

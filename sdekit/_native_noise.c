@@ -178,6 +178,64 @@ SDEKIT_CLONES void sdekit_box_muller(const uint32_t *words, int64_t n, float *ou
     }
 }
 
+/* The affine update of sdekit.kernels.affine_update_ref in one pass: per element of row b,
+ *   mean = a_b x + b_b s;  mean = mean + d_b (when has_d);  new = mean + c_b z (mode 1, 2), new = mean (mode 0)
+ * in that order of operations, each rounded to T (-ffp-contract=off: no fused multiply-adds), which is
+ * the eager reference's order, so the bits are its bits given the same z.  Mode 1 draws z here, the
+ * native normal draw's code (the same Philox words and float32 Box-Muller, converted exactly to T);
+ * mode 2 reads z (type T); mode 0 has no noise.  A block is read (x, s, z) before it is written (out,
+ * mean), so out may be x, s or z itself. */
+#define DEFINE_AFFINE(T, SUF)                                                                                  \
+    SDEKIT_CLONES static void affine_block_##SUF(int mode, uint32_t k0, uint32_t k1, uint32_t c1, uint32_t c2, \
+                                                 int64_t g0, int64_t numel, const T *x, const T *s,            \
+                                                 const T *zin, T a, T b, T c, T d, int has_d, T *out,          \
+                                                 T *mean_out) {                                                \
+        uint32_t w0[BLK], w1[BLK], w2[BLK], w3[BLK];                                                           \
+        float zf[4 * BLK];                                                                                     \
+        T m[4 * BLK], r[4 * BLK];                                                                              \
+        int64_t e0 = 4 * g0, left = numel - e0;                                                                \
+        int count = left >= 4 * BLK ? 4 * BLK : (int)left;                                                     \
+        x += e0;                                                                                               \
+        s += e0;                                                                                               \
+        for (int i = 0; i < count; i++) m[i] = a * x[i] + b * s[i];                                            \
+        if (has_d)                                                                                             \
+            for (int i = 0; i < count; i++) m[i] = m[i] + d;                                                   \
+        if (mode == 1) {                                                                                       \
+            int n = (count + 3) / 4;                                                                           \
+            philox_block(k0, k1, c1, c2, (uint32_t)g0, n, w0, w1, w2, w3);                                     \
+            box_muller_block(w0, w1, w2, w3, n, zf);                                                           \
+            for (int i = 0; i < count; i++) r[i] = m[i] + c * (T)zf[i];                                        \
+        } else if (mode == 2) {                                                                                \
+            zin += e0;                                                                                         \
+            for (int i = 0; i < count; i++) r[i] = m[i] + c * zin[i];                                          \
+        }                                                                                                      \
+        memcpy(out + e0, mode ? r : m, (size_t)count * sizeof(T));                                             \
+        if (mean_out) memcpy(mean_out + e0, m, (size_t)count * sizeof(T));                                     \
+    }                                                                                                          \
+                                                                                                               \
+    void sdekit_affine_##SUF(int mode, uint32_t k0, uint32_t k1, const int64_t *stream_values, int64_t stream0, \
+                             const int64_t *sample_index, int64_t batch, int64_t numel, const T *x, const T *s,  \
+                             const T *z, const T *const *coef_ptr, const int64_t *coef_stride,                   \
+                             const double *coef_value, int has_d, T *out, T *mean, int threads) {               \
+        int64_t blocks = (numel + 4 * BLK - 1) / (4 * BLK), total = batch * blocks;                            \
+        if (threads < 1 || batch * numel < PARALLEL_MIN) threads = 1;                                          \
+        _Pragma("omp parallel for schedule(static) num_threads(threads) if (threads > 1)")                      \
+        for (int64_t t = 0; t < total; t++) {                                                                  \
+            int64_t bi = t / blocks, blk = t - bi * blocks, row = bi * numel;                                  \
+            T k[4];                                                                                            \
+            for (int j = 0; j < 4; j++)                                                                        \
+                k[j] = coef_ptr[j] ? coef_ptr[j][bi * coef_stride[j]] : (T)coef_value[j];                      \
+            uint32_t c1 = mode == 1 ? (uint32_t)sample_index[bi] : 0;                                          \
+            uint32_t c2 = mode == 1 ? (uint32_t)(stream_values ? stream_values[bi] : stream0) : 0;             \
+            affine_block_##SUF(mode, k0, k1, c1, c2, blk * BLK, numel, x + row, s + row,                       \
+                               mode == 2 ? z + row : z, k[0], k[1], k[2], k[3], has_d, out + row,               \
+                               mean ? mean + row : mean);                                                      \
+        }                                                                                                      \
+    }
+
+DEFINE_AFFINE(float, f32)
+DEFINE_AFFINE(double, f64)
+
 int sdekit_has_openmp(void) {
 #ifdef _OPENMP
     return 1;

@@ -197,6 +197,28 @@ def _use_native(stream, sample_index: torch.Tensor):
     return not (wrapped is not None and (wrapped(sample_index) or (isinstance(stream, torch.Tensor) and wrapped(stream))))
 
 
+def _native_eager(*tensors) -> bool:
+    """Whether the C library may compute eagerly on ``tensors`` (the other C entry points, e.g. the fused
+    affine update of :func:`sdekit.kernels.affine_update_ref`): the conditions under which
+    :func:`_use_native` returns ``True`` (for an int stream and a 1-D index among ``tensors``), for every
+    tensor (``None`` entries skipped), and no autograd graph to record.
+    """
+    if os.environ.get("SDEKIT_NATIVE", "1") == "0" or torch.compiler.is_compiling():
+        return False
+    if torch.jit.is_scripting() or torch._C._get_tracing_state() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) is not torch.Tensor or not t.is_cpu or (grad and t.requires_grad)):
+            return False
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    if peek is not None:  # no functorch transform active: no tensor is wrapped (one call, not one per tensor)
+        return peek() is None
+    wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is None or not any(t is not None and wrapped(t) for t in tensors)
+
+
 def _native_normals(k0: int, k1: int, stream, sample_index: torch.Tensor, numel: int):
     from . import _native
 

@@ -87,10 +87,9 @@ class _Augmented:
             if self.ito:
                 f = f - _ito_correction(p, tt, y_)
             phi = f * tau + Gv
-            if phi.requires_grad:
+            grads: tuple[torch.Tensor | None, ...] = (None,) * (1 + len(self.params))
+            if phi.requires_grad:  # else it depends neither on y nor on a parameter that needs a gradient
                 grads = torch.autograd.grad(phi, (y_,) + self.params, a, allow_unused=True)
-            else:  # depends neither on y nor on any parameter that needs a gradient
-                grads = (None,) * (1 + len(self.params))
         da_theta = [None if g is None else -g for g in grads[1:]]
         da_y = torch.zeros_like(a) if grads[0] is None else -grads[0]  # Φ may not depend on y
         return phi.detach(), da_y, da_theta
