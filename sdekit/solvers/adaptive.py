@@ -41,7 +41,7 @@ from ..kernels.backend import resolve_backend
 from ..kernels.rk import rk_combine_triton
 from .controller import PI_CONTROLLER, StepController, batch_invariant_pow
 from .events import EventSpec, locate
-from .rk import rk_combine, rk_interpolate, rk_stages, weighted_sum
+from .rk import _stages, fsal_reuses_last_stage, rk_combine, rk_interpolate, weighted_sum
 from .tableaus import DOPRI5, ButcherTableau
 
 #: Failure codes of :attr:`AdaptiveSolution.failure`.
@@ -288,13 +288,20 @@ def _cast(sol: AdaptiveSolution, dtype) -> AdaptiveSolution:
                             event_t=sol.event_t, failure=sol.failure)
 
 
-def _combine(tableau, yi, ks, step, rtol, atol, fused, norm):
-    """New state and per-sample error norm of one step (fused Triton pass or PyTorch ops)."""
+def _combine(tableau, yi, ks, step, rtol, atol, fused, norm, y_new=None, hb=None):
+    """New state and per-sample error norm of one step (fused Triton pass or PyTorch ops).
+
+    ``y_new``: the new state if already known (the last stage's state of an FSAL
+    pair whose ``b`` is its last row of ``a``; only without autograd graph, where
+    a second use of that tensor would change the order gradients are summed in);
+    ``hb``: ``step`` viewed as ``(b, 1, …)``.
+    """
     if fused:
         y_new, err = rk_combine_triton(yi, ks, tableau.b, tableau.b_error, step, rtol, atol)
         return y_new, err.to(yi.dtype)
-    y_new = rk_combine(yi, ks, step, tableau.b)
-    error = expand_as_batch(step, yi) * weighted_sum(ks, tableau.b_error)
+    if y_new is None:
+        y_new = rk_combine(yi, ks, step, tableau.b)
+    error = (expand_as_batch(step, yi) if hb is None else hb) * weighted_sum(ks, tableau.b_error)
     return y_new, norm(error / (atol + rtol * torch.maximum(yi.abs(), y_new.abs())))
 
 
@@ -374,6 +381,11 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
     per_attempt = tableau.stages - 1 if tableau.fsal else tableau.stages
     eps = torch.finfo(y0.dtype).eps
     span_floor = eps * eps * torch.where(torch.isfinite(span), span, torch.zeros_like(span)).detach()
+    # loop invariants
+    clamp_h = opts.min_step > 0 or opts.max_step < math.inf  # else clamping the (>= 0) step sizes changes nothing
+    bar_first = bar[:, 0] if last_bar == 0 else None  # no step_t/jump_t: every sample's barrier is t1
+    reuse_last = fsal_reuses_last_stage(tableau) and not fused
+    interior = out_cols < n - 1
     event_t = sign0 = None
     if event is not None:
         sign0 = torch.sign(event.fn(t0, y0, *args))
@@ -390,39 +402,47 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         full = m == B
         sel = _rows(None if full else idx)
         ti, yi, di = sel(t), sel(y), sel(direction)
-        hi = sel(h).clamp(opts.min_step, opts.max_step)
-        argi = tuple(sel(a) for a in args)
+        hi = sel(h).clamp(opts.min_step, opts.max_step) if clamp_h else sel(h)
+        argi = tuple(sel(a) for a in args) if args else ()
         nbi = sel(next_bar)
-        bari = sel(bar).gather(1, nbi[:, None]).squeeze(1)
+        bari = sel(bar).gather(1, nbi[:, None]).squeeze(1) if bar_first is None else sel(bar_first)
 
-        hit = hi >= (bari - ti).abs()
-        step = torch.where(hit, bari - ti, hi * di)
+        dist = bari - ti
+        hit = hi >= dist.abs()
+        step = torch.where(hit, dist, hi * di)
         _callback(opts, "step", ti, yi, step)
         t_end = at_jump = None
         if has_jumps:  # a step ending on a jump evaluates its last stages just before it
             at_jump = hit & sel(bar_jump).gather(1, nbi[:, None]).squeeze(1)
             t_end = torch.where(at_jump, torch.nextafter(bari, ti), ti + step)
-        ks = rk_stages(func, tableau, ti, yi, step, sel(k_first) if tableau.fsal else None, argi, t_end)
-        y_new, err = _combine(tableau, yi, ks, step, rtol, atol, fused, norm)
+        hb = expand_as_batch(step, yi)
+        ks, y_last = _stages(func, tableau, ti, yi, step, sel(k_first) if tableau.fsal else None, argi, t_end, hb)
+        y_new, err = _combine(tableau, yi, ks, step, rtol, atol, fused, norm, y_last if reuse_last and not y_last.requires_grad else None, hb)
         bad_f = ~_row_finite(ks[0])  # the derivative at the accepted state: a fault, not a step to shrink
         finite_new = _row_finite(y_new)
-        accept = torch.isfinite(err) & (err <= 1.0) & finite_new
+        err_finite = torch.isfinite(err)
+        accept = err_finite & (err <= 1.0) & finite_new
         if opts.min_step > 0:
             accept |= (step.abs() <= opts.min_step) & finite_new
         accept &= ~bad_f
+        rejected = ~accept
         err = err.detach()  # step-size control is not differentiated (torchdiffeq, Chen et al. 2018)
-        h_next = (step.detach().abs() * controller.factor(err, sel(err_prev), tableau.error_order,
-                                                          sel(last_rejected))).clamp(opts.min_step, opts.max_step)
+        astep = step.detach().abs()
+        h_next = astep * controller.factor(err, sel(err_prev), tableau.error_order, sel(last_rejected),
+                                           finite=err_finite)
+        if clamp_h:
+            h_next = h_next.clamp(opts.min_step, opts.max_step)
         reached = accept & hit
-        finished = reached & (nbi == last_bar)
+        finished = reached if bar_first is not None else reached & (nbi == last_bar)  # nbi = 0 = last_bar there
         floor = torch.maximum(0.25 * eps * ti.detach().abs(), sel(span_floor))  # below half an ulp of t: no progress
         collapse = ~bad_f & ~finished & (h_next <= floor)
         fault = bad_f | collapse
         t_next = torch.where(accept, torch.where(hit, bari, ti + step), ti)
         if opts.callbacks is not None:
             _callback(opts, "accept", ti, yi, step, accept)
-            _callback(opts, "reject", ti, yi, step, ~accept)
-        y_next = torch.where(expand_as_batch(accept, yi), y_new, yi)
+            _callback(opts, "reject", ti, yi, step, rejected)
+        accept_b = expand_as_batch(accept, yi)
+        y_next = torch.where(accept_b, y_new, yi)
 
         if event is not None and sign0 is not None and event_t is not None:
             ev = event.fn(t_next, y_next, *argi)
@@ -438,7 +458,7 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
 
         if n > 2:  # dense output at the interior times this step crossed
             ni, touts = sel(next_out), sel(t_out)
-            crossed = (out_cols >= ni[:, None]) & (out_cols < n - 1) & accept[:, None]
+            crossed = (out_cols >= ni[:, None]) & interior & accept[:, None]
             crossed &= di[:, None] * (touts - t_next[:, None]) <= 0
             pairs = torch.nonzero(crossed)
             if pairs.numel():
@@ -447,39 +467,41 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
                 ys[j, idx[r]] = rk_interpolate(tableau, yi[r], [k[r] for k in ks], step[r], theta)
             next_out_i = ni + crossed.sum(1)
 
-        updates = {
-            "t": t_next,
-            "y": y_next,
-            "h": h_next,
-            "last_h": step.detach().abs(),
-            "err_prev": torch.where(accept, err, sel(err_prev)),
-            "done": finished | fault,
-            "last_rejected": ~accept,
-            "next_bar": (nbi + reached.long()).clamp(max=last_bar),
-            "failure": torch.where(bad_f, 1, torch.where(collapse, 2, sel(failure))).to(torch.int8),
-        }
+        err_prev_next = torch.where(accept, err, sel(err_prev))
+        done_next = finished | fault
+        next_bar_next = next_bar if bar_first is not None else (nbi + reached.long()).clamp(max=last_bar)
+        failure_next = torch.where(bad_f, 1, torch.where(collapse, 2, sel(failure))).to(torch.int8)
+        k_new = k_first
         if tableau.fsal:
-            k_new = torch.where(expand_as_batch(accept, yi), ks[-1], ks[0])
+            k_new = torch.where(accept_b, ks[-1], ks[0])
             if at_jump is not None:  # re-evaluate just past a discontinuity, never reuse the stage at it
                 jumped = torch.nonzero(at_jump & accept & ~finished).squeeze(1)
                 if jumped.numel():
                     tj = torch.nextafter(t_next[jumped], t_next[jumped] + di[jumped])
                     k_new = k_new.index_put((jumped,), func(tj, y_next[jumped], *(a[jumped] for a in argi)))
                     counts["nfe"].index_add_(0, idx[jumped], torch.ones_like(jumped))
-            updates["k_first"] = k_new
+        if full:  # every sample active: the new values are the state
+            t, y, h, last_h, err_prev = t_next, y_next, h_next, astep, err_prev_next
+            done, last_rejected, next_bar, failure, k_first = done_next, rejected, next_bar_next, failure_next, k_new
+            if n > 2:
+                next_out = next_out_i
+            counts["nfe"] += per_attempt
+            counts["steps"] += accept
+            counts["rejected"] += rejected
+            continue
+        t, y, h = t.index_copy(0, idx, t_next), y.index_copy(0, idx, y_next), h.index_copy(0, idx, h_next)
+        last_h, err_prev = last_h.index_copy(0, idx, astep), err_prev.index_copy(0, idx, err_prev_next)
+        done, last_rejected = done.index_copy(0, idx, done_next), last_rejected.index_copy(0, idx, rejected)
+        if bar_first is None:
+            next_bar = next_bar.index_copy(0, idx, next_bar_next)
+        failure = failure.index_copy(0, idx, failure_next)
+        if tableau.fsal:
+            k_first = k_first.index_copy(0, idx, k_new)
         if n > 2:
-            updates["next_out"] = next_out_i
-        state = {"t": t, "y": y, "h": h, "last_h": last_h, "err_prev": err_prev, "done": done,
-                 "last_rejected": last_rejected, "k_first": k_first, "next_out": next_out,
-                 "next_bar": next_bar, "failure": failure}
-        for key, value in updates.items():
-            state[key] = value if full else state[key].index_copy(0, idx, value)
-        t, y, h, last_h, err_prev = state["t"], state["y"], state["h"], state["last_h"], state["err_prev"]
-        done, last_rejected, k_first, next_out = state["done"], state["last_rejected"], state["k_first"], state["next_out"]
-        next_bar, failure = state["next_bar"], state["failure"]
+            next_out = next_out.index_copy(0, idx, next_out_i)
         counts["nfe"].index_add_(0, idx, torch.full_like(idx, per_attempt))
         counts["steps"].index_add_(0, idx, accept.long())
-        counts["rejected"].index_add_(0, idx, (~accept).long())
+        counts["rejected"].index_add_(0, idx, rejected.long())
 
     failed = torch.nonzero(failure).squeeze(1)
     # the last output is the end time, which failed samples did not reach (their y is where they stopped)

@@ -59,7 +59,7 @@ class StepController:
         if not (0 < self.safety <= 1 and 0 < self.min_factor < 1 < self.max_factor and self.beta1 > 0 and self.beta2 >= 0):
             raise ValueError(f"invalid step controller settings: {self}")
 
-    def factor(self, err, err_prev, error_order: int, last_rejected):
+    def factor(self, err, err_prev, error_order: int, last_rejected, finite=None):
         """Step-size ratio ``h_next / h`` for per-sample error norms.
 
         Args:
@@ -67,11 +67,13 @@ class StepController:
             err_prev: ``(b,)`` error norm of the last accepted step (1 initially).
             error_order: the embedded order ``q``.
             last_rejected: ``(b,)`` bool, whether the previous attempt was rejected.
+            finite: ``torch.isfinite(err)`` if the caller has it already, else ``None``.
         Returns:
             ``(b,)`` factor; ``min_factor`` where ``err`` is not finite.
         """
         k = error_order + 1
-        finite = torch.isfinite(err)
+        if finite is None:
+            finite = torch.isfinite(err)
         e = err.clamp_min(1e-10)
         accepted = finite & (err <= 1.0)
         pi = batch_invariant_pow(e, -self.beta1 / k) * batch_invariant_pow(err_prev.clamp_min(1e-10), self.beta2 / k)

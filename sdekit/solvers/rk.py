@@ -8,6 +8,8 @@ coefficient (Hairer, Nørsett & Wanner, "Solving ODEs I", §II.1, eq. 1.8).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .._checks import expand_as_batch
@@ -21,6 +23,28 @@ def weighted_sum(ks, weights):
         if w != 0.0:
             total = w * k if total is None else total + w * k
     return total
+
+
+def fsal_reuses_last_stage(tableau: ButcherTableau) -> bool:
+    """Whether the last stage's state ``y + h Σⱼ aₛⱼkⱼ`` is the new solution ``y + h Σⱼ bⱼkⱼ`` bit for bit.
+
+    True for FSAL tableaus whose ``b`` is the last row of ``a`` (same nonzero
+    weights in the same order, so :func:`weighted_sum` does the same operations).
+    """
+    last = tuple(tableau.a[-1]) if tableau.a else ()
+    return bool(tableau.fsal and last and tuple(tableau.b) == last + (0.0,) * (len(tableau.b) - len(last)))
+
+
+def _stages(func, tableau: ButcherTableau, t, y, h, k_first, args, t_end, hb):
+    """:func:`rk_stages` that also returns the last stage's state (``y`` for a one-stage method)."""
+    ks = [func(t, y, *args) if k_first is None else k_first]
+    yi = y
+    for i in range(1, tableau.stages):
+        incr = weighted_sum(ks, tableau.a[i])
+        ti = t_end if (t_end is not None and tableau.c[i] == 1.0) else t + tableau.c[i] * h
+        yi = y if incr is None else y + hb * incr
+        ks.append(func(ti, yi, *args))
+    return ks, yi
 
 
 def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=(), t_end=None):
@@ -38,13 +62,7 @@ def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=(), t_e
     Returns:
         list of the ``s`` stage derivatives, each ``(b, *S)``.
     """
-    hb = expand_as_batch(h, y)
-    ks = [func(t, y, *args) if k_first is None else k_first]
-    for i in range(1, tableau.stages):
-        incr = weighted_sum(ks, tableau.a[i])
-        ti = t_end if (t_end is not None and tableau.c[i] == 1.0) else t + tableau.c[i] * h
-        ks.append(func(ti, y if incr is None else y + hb * incr, *args))
-    return ks
+    return _stages(func, tableau, t, y, h, k_first, args, t_end, expand_as_batch(h, y))[0]
 
 
 def rk_combine(y, ks, h, weights):
@@ -61,9 +79,19 @@ def dense_weights(tableau: ButcherTableau, theta: torch.Tensor) -> torch.Tensor:
     """
     if tableau.dense is None:
         raise ValueError(f"tableau {tableau.name!r} has no dense output; outputs between steps need one")
-    coeffs = torch.tensor(tableau.dense, dtype=theta.dtype, device=theta.device)  # (s, p)
-    powers = theta[:, None] ** torch.arange(1, coeffs.shape[1] + 1, device=theta.device, dtype=theta.dtype)
-    return powers @ coeffs.T
+    if torch.is_inference_mode_enabled() or torch.compiler.is_compiling():  # no cached tensors there
+        coeffs_t, exponents = _dense_tensors.__wrapped__(tableau.dense, theta.dtype, theta.device)
+    else:
+        coeffs_t, exponents = _dense_tensors(tableau.dense, theta.dtype, theta.device)
+    powers = theta[:, None] ** exponents
+    return powers @ coeffs_t
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_tensors(dense: tuple, dtype: torch.dtype, device: torch.device):
+    """``(coeffs.T, arange(1, p + 1))`` of a continuous extension (read-only; cached per dtype and device)."""
+    coeffs = torch.tensor(dense, dtype=dtype, device=device)  # (s, p)
+    return coeffs.T, torch.arange(1, coeffs.shape[1] + 1, device=device, dtype=dtype)
 
 
 def rk_interpolate(tableau: ButcherTableau, y, ks, h, theta):

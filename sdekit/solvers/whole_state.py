@@ -65,7 +65,13 @@ class WholeState:
 
     def batched_rhs(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:meth:`rhs` for the adaptive engine's batch of one: ``s`` ``(1,)``, ``y`` ``(1, N)``."""
-        return self.rhs(s[0], y[0]).unsqueeze(0)
+        # the row as the user's structure straight from (1, N): one view for a tensor state
+        row = y.reshape(self.flat.shapes[0]) if not self.flat.is_tuple else self.flat.unflatten(y[0])
+        dy = self.flat.flatten(self.func(self.time(s[0]), row), "func")
+        if dy.dtype != y.dtype:
+            dy = dy.to(y.dtype)
+        dy = dy.unsqueeze(0)
+        return dy if self.sign > 0 else -dy
 
     def event(self, event_fn: Callable, s0: torch.Tensor, y0: torch.Tensor) -> Callable:
         """The engine's ``(1,)`` event function from a user's ``event_fn(t, y) -> tensor``.
@@ -122,7 +128,13 @@ class WholeState:
             flat_norm = self.flat.user_norm(user_norm)
         else:
             flat_norm = self.flat.default_norm()
-        return lambda v: torch.stack([flat_norm(row) for row in v])
+
+        def batched(v: torch.Tensor) -> torch.Tensor:
+            if v.shape[0] == 1:  # the engine's batch of one
+                return flat_norm(v[0]).reshape(1)
+            return torch.stack([flat_norm(row) for row in v])
+
+        return batched
 
     def grid_constructor(self, user: Callable | None) -> Callable | None:
         """A user's ``grid_constructor(func, y0, t)`` in solver time (called with the user's func, y0 and t)."""
