@@ -369,6 +369,11 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         counts["nfe"] += 1
     else:
         h = torch.minimum(torch.full_like(span, opts.first_step), span)
+    if B == 1 and event is None and not fused and opts.callbacks is None and not opts.step_t and not opts.jump_t:
+        from .adaptive_single import integrate_single  # the same arithmetic, control flow on the host
+
+        return integrate_single(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args, opts, norm,
+                                k_first, h)
     t, y = t0, y0.clone()
     done = span == 0
     failure = torch.zeros(B, dtype=torch.int8, device=dev)

@@ -80,18 +80,25 @@ def dense_weights(tableau: ButcherTableau, theta: torch.Tensor) -> torch.Tensor:
     if tableau.dense is None:
         raise ValueError(f"tableau {tableau.name!r} has no dense output; outputs between steps need one")
     if torch.is_inference_mode_enabled() or torch.compiler.is_compiling():  # no cached tensors there
-        coeffs_t, exponents = _dense_tensors.__wrapped__(tableau.dense, theta.dtype, theta.device)
+        coeffs_t = _dense_coefficients.__wrapped__(tableau.dense, theta.dtype, theta.device)
     else:
-        coeffs_t, exponents = _dense_tensors(tableau.dense, theta.dtype, theta.device)
-    powers = theta[:, None] ** exponents
-    return powers @ coeffs_t
+        coeffs_t = _dense_coefficients(tableau.dense, theta.dtype, theta.device)
+    # Σₖ θᵏ cₖ with θᵏ by repeated products and the sum term by term (no pow, no matmul): both round
+    # differently with the number of rows they are given, and a sample's dense output must not depend on
+    # which other samples crossed an output time in the same step
+    theta = theta[:, None]
+    power = theta
+    w = power * coeffs_t[0]
+    for k in range(1, coeffs_t.shape[0]):
+        power = power * theta
+        w = w + power * coeffs_t[k]
+    return w
 
 
 @functools.lru_cache(maxsize=64)
-def _dense_tensors(dense: tuple, dtype: torch.dtype, device: torch.device):
-    """``(coeffs.T, arange(1, p + 1))`` of a continuous extension (read-only; cached per dtype and device)."""
-    coeffs = torch.tensor(dense, dtype=dtype, device=device)  # (s, p)
-    return coeffs.T, torch.arange(1, coeffs.shape[1] + 1, device=device, dtype=dtype)
+def _dense_coefficients(dense: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``coeffs.T`` ``(p, s)`` of a continuous extension (read-only; cached per dtype and device)."""
+    return torch.tensor(dense, dtype=dtype, device=device).T.contiguous()
 
 
 def rk_interpolate(tableau: ButcherTableau, y, ks, h, theta):
