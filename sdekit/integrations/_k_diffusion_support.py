@@ -2,8 +2,9 @@
 
 The denoiser wrapper (conditioning passed through, last output remembered
 for ``callback``), argument checks, the per-step noise sources (generator /
-global RNG as in k-diffusion, or keyed on ``(seed, sample_index, step)``)
-and EDM's churn step.
+global RNG as in k-diffusion, keyed on ``(seed, sample_index, step)``, or
+k-diffusion's ``noise_sampler``), EDM's churn step and the ancestral
+``σ_down``/``σ_up`` split.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .._checks import check_tensor, expand_as_batch
+from .._checks import check_model_output, check_tensor, expand_as_batch
 from ..conditioning import check_model_kwargs, flatten_model_kwargs
 from ..kernels import normal
 from ..noise import check_sample_index, split_seed
@@ -124,6 +125,51 @@ def noise_source(x, seed, sample_index, generator) -> Callable[[int], torch.Tens
     else:
         index = check_sample_index(sample_index, B).to(device=x.device, dtype=torch.int64)
     return lambda i: normal(seed, index, STEP_STREAM + i, x.shape[1:], dtype=x.dtype)
+
+
+def step_noise(x, sigmas, noise_sampler, seed, sample_index, generator) -> Callable[[int], torch.Tensor]:
+    """``draw(i)`` → ``(B, *D)`` standard normals for step ``i`` (from ``sigmas[i]`` to ``sigmas[i + 1]``).
+
+    k-diffusion's ``noise_sampler(sigmas[i], sigmas[i + 1])`` if given (its
+    output checked to have ``x``'s shape), else :func:`noise_source`.
+
+    Raises:
+        ValueError: on ``noise_sampler`` with ``seed``/``sample_index``/``generator``,
+            or as :func:`noise_source`; on a draw, naming ``noise_sampler``, if its
+            output does not have ``x``'s shape.
+        TypeError: if ``noise_sampler`` is not callable, or as :func:`noise_source`.
+    """
+    if noise_sampler is None:
+        return noise_source(x, seed, sample_index, generator)
+    if seed is not None or sample_index is not None:
+        raise ValueError("pass either noise_sampler or seed=/sample_index= (keyed noise), not both")
+    if generator is not None:
+        raise ValueError("pass either noise_sampler or generator= (the default noise's generator), not both")
+    if not callable(noise_sampler):
+        raise TypeError(f"noise_sampler must be callable as noise_sampler(sigma, sigma_next), "
+                        f"got {type(noise_sampler).__name__}")
+
+    def draw(i):
+        return check_model_output("noise_sampler", noise_sampler(sigmas[i], sigmas[i + 1]), x)
+
+    return draw
+
+
+def ancestral_split(sigma, sigma_next, eta):
+    """``(σ_down, σ_up)`` of an ancestral step from ``σ`` to ``σ'``, element-wise (tensors of one shape).
+
+    ``σ_up = min(σ', η σ' √(σ² − σ'²)/σ)``, ``σ_down = √(σ'² − σ_up²)``: a
+    deterministic step to ``σ_down`` plus fresh noise of size ``σ_up`` reaches
+    the variance ``σ'²`` again.  At ``η = 1`` this is the VE posterior
+    ``q(x_{σ'} | x_σ, x_0)`` (Song et al. 2021, eq. 47; Ho et al. 2020's
+    ancestral step), ``η = 0`` the deterministic step to ``σ'``
+    (k-diffusion's ``get_ancestral_step``; the η of DDIM, Song, Meng & Ermon
+    2021, eq. 16).  Computed in the tensors' dtype.
+    """
+    var_up = sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2
+    sigma_up = torch.minimum(sigma_next, eta * var_up.sqrt())
+    sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
+    return sigma_down, sigma_up
 
 
 def churn(x, sigma, values, i, s_churn, s_tmin, s_tmax, s_noise, draw):

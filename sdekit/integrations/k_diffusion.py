@@ -45,15 +45,33 @@ from ..sampling.predictors import Ancestral
 from ..score_models import score_from_denoiser
 from ..sdes.edm import EDMSDE
 from ..solvers.adaptive import solve_adaptive
-from ._k_diffusion_support import SDE, Denoiser, check_bound_extra_args, churn, noise_source, report, setup
+from ._k_diffusion_support import (
+    SDE,
+    Denoiser,
+    ancestral_split,
+    check_bound_extra_args,
+    churn,
+    noise_source,
+    report,
+    setup,
+    step_noise,
+)
+from .k_diffusion_multistep import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_lms
+from .k_diffusion_singlestep import sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral
 
 __all__ = [
     "denoiser_score",
     "sample_dopri5",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_3m_sde",
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sample_lms",
 ]
 
 
@@ -180,19 +198,14 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     Returns:
         ``(B, *D)`` the sample at ``sigmas[-1]``.
     Raises:
-        ValueError: as :func:`sample_euler`; if ``eta`` is outside ``[0, 1]``, or
-            ``noise_sampler`` is given with ``seed``/``sample_index``.
-        TypeError: as :func:`sample_euler`.
+        ValueError: as :func:`sample_euler`; if ``eta`` is outside ``[0, 1]``,
+            ``noise_sampler`` is given with ``seed``/``sample_index``/``generator``,
+            or it returns a tensor not of ``x``'s shape.
+        TypeError: as :func:`sample_euler`; if ``noise_sampler`` is not callable.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    if noise_sampler is None:
-        draw = noise_source(x, seed, sample_index, generator)
-    elif seed is not None or sample_index is not None:
-        raise ValueError("pass either noise_sampler or seed=/sample_index= (keyed noise), not both")
-    else:
-        def draw(i):
-            return noise_sampler(sigmas[i], sigmas[i + 1])
+    draw = step_noise(x, sigmas, noise_sampler, seed, sample_index, generator)
     denoiser, score, flow, values, kw = setup(model, x, sigmas, extra_args)
     ones = x.new_ones([x.shape[0]])
     ancestral = Ancestral(SDE, bind_model_kwargs(score, kw))  # fixed steps: the whole batch every call
@@ -202,9 +215,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         if eta == 1.0:
             x_new = ancestral.step(x, sigma.double(), sigma_next.double(), z)[0]
         else:
-            var_up = sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2
-            sigma_up = torch.minimum(sigma_next, eta * var_up.sqrt())
-            sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
+            sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
             drift = flow.drift(x, sigma, **kw)
             x_new = x + drift * expand_as_batch(sigma_down - sigma, x) + expand_as_batch(sigma_up, x) * z
         report(callback, x, i, sigmas[i], sigmas[i], denoiser.last)
