@@ -34,9 +34,17 @@ def step_size(s_norm: torch.Tensor, z_norm: torch.Tensor, snr: float, alpha, per
     """
     if not per_sample_norm:
         s_norm, z_norm = s_norm.mean().expand_as(s_norm), z_norm.mean().expand_as(z_norm)
-    ratio = torch.where(s_norm > 0, z_norm / torch.where(s_norm > 0, s_norm, torch.ones_like(s_norm)),
-                        torch.zeros_like(s_norm))
+    positive = s_norm > 0
+    ratio = torch.where(positive, z_norm / torch.where(positive, s_norm, 1.0), 0.0)
     return 2 * alpha * (snr * ratio) ** 2
+
+
+def norm_step_size(s: torch.Tensor, z: torch.Tensor, snr: float, alpha, per_sample_norm: bool) -> torch.Tensor:
+    """:func:`step_size` from ``s`` and ``z`` ``(B, *D)`` of one compute dtype: their per-sample norms accumulated
+    in float64, rounded to that dtype (the reference's rule, see :func:`langevin_step_ref`); ``(B,)``."""
+    s_norm = s.double().flatten(1).pow(2).sum(1).sqrt().to(s.dtype)
+    z_norm = z.double().flatten(1).pow(2).sum(1).sqrt().to(s.dtype)
+    return step_size(s_norm, z_norm, snr, alpha, per_sample_norm)
 
 
 def _inputs(x, s, snr, alpha, seed, sample_index, stream, z, out):
@@ -64,10 +72,8 @@ def langevin_step_ref(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, 
     cdt = compute_dtype(x.dtype)
     zz = noise[1] if noise[0] == "z" else _ref_normal(noise[1], x.shape[1:])
     s_c, z_c = s.to(cdt), zz.to(cdt)
-    s_norm = s_c.double().flatten(1).pow(2).sum(1).sqrt().to(cdt)
-    z_norm = z_c.double().flatten(1).pow(2).sum(1).sqrt().to(cdt)
     a = alpha.value.to(cdt) if alpha.is_vec else alpha.value
-    eps = step_size(s_norm, z_norm, float(snr), a, per_sample_norm)
+    eps = norm_step_size(s_c, z_c, float(snr), a, per_sample_norm)
     if _affine._NATIVE_FUSED and x.device.type == "cpu":
         fused = _native_update(x, s_c, z_c, eps, out, return_mean)
         if fused is not None:
@@ -160,4 +166,4 @@ def langevin_step(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, samp
               z=z, out=out, return_mean=return_mean)
 
 
-__all__ = ["langevin_step", "langevin_step_ref", "langevin_step_triton", "step_size"]
+__all__ = ["langevin_step", "langevin_step_ref", "langevin_step_triton", "norm_step_size", "step_size"]

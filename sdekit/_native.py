@@ -1,7 +1,10 @@
 """The CPU fast path of :mod:`sdekit.noise`: ``_native_noise.c`` built on first use and called through ctypes.
 
 It also holds the one-pass affine update with in-place noise of
-:func:`sdekit.kernels.affine_update_ref` (and the Langevin reference's update), :func:`affine`.
+:func:`sdekit.kernels.affine_update_ref` (and the Langevin reference's update), :func:`affine`,
+and :class:`KeyedLoop`, the same entry points bound once for the steps of a sampling loop
+(:class:`sdekit.kernels.keyed.KeyedUpdate`).  The affine update is called with its arguments
+packed in one array (``sdekit_affine_packed_*``): ctypes converts each argument through Python.
 
 The C source (no Python or torch headers) is compiled with the system C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``) the first time keyed noise is drawn
@@ -26,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -81,11 +85,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = [u32, u32, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int]
         fn.restype = None
-    for name in ("sdekit_affine_f32", "sdekit_affine_f64"):
+    for name in ("sdekit_affine_packed_f32", "sdekit_affine_packed_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_int, u32, u32, ptr, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr,
-                       ptr, ctypes.c_int]
+        fn.argtypes = [ptr, ptr]
         fn.restype = None
+    lib.sdekit_affine_packed_slots.restype = ctypes.c_int
+    if lib.sdekit_affine_packed_slots() != _SLOTS:
+        raise AttributeError(f"packed affine layout mismatch: {lib.sdekit_affine_packed_slots()} != {_SLOTS} slots")
     lib.sdekit_box_muller.argtypes = [ptr, i64, ptr]
     lib.sdekit_box_muller.restype = None
     lib.sdekit_has_openmp.argtypes = []
@@ -195,8 +201,28 @@ def box_muller(words: torch.Tensor) -> torch.Tensor:
     return out
 
 
-_AFFINE = {torch.float32: "sdekit_affine_f32", torch.float64: "sdekit_affine_f64"}
+_AFFINE = {torch.float32: "sdekit_affine_packed_f32", torch.float64: "sdekit_affine_packed_f64"}
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: Slots of the packed argument array of ``sdekit_affine_packed_*`` (the enum in ``_native_noise.c``).
+_MODE, _K0, _K1, _STREAMS, _STREAM0, _INDEX, _BATCH, _NUMEL, _X, _S, _Z = range(11)
+_COEF_PTR, _COEF_STRIDE, _HAS_D, _OUT, _MEAN, _THREADS, _SLOTS = 11, 15, 19, 20, 21, 22, 23
+
+
+def _affine_fn(lib: ctypes.CDLL, dtype: torch.dtype):
+    """The library's packed affine update for ``dtype`` (float32 or float64), looked up once."""
+    fn = _state.get(dtype)
+    if fn is None:
+        fn = _state[dtype] = getattr(lib, _AFFINE[dtype])
+    return fn
+
+
+class _Packed:
+    """A packed argument array of the affine update and its coefficient values (the ctypes arrays and
+    their addresses, which is what a call passes: two conversions instead of eighteen)."""
+
+    def __init__(self):
+        self.args, self.values = (ctypes.c_int64 * _SLOTS)(), (ctypes.c_double * 4)()
+        self.addresses = ctypes.addressof(self.args), ctypes.addressof(self.values)
 
 
 def affine(x: torch.Tensor, s: torch.Tensor, coefs, has_d: bool, *, key=None, z: torch.Tensor | None = None,
@@ -220,42 +246,114 @@ def affine(x: torch.Tensor, s: torch.Tensor, coefs, has_d: bool, *, key=None, z:
     dtype = x.dtype
     batch = x.shape[0]
     keep = []
-    ptrs = (ctypes.c_void_p * 4)()
-    strides = (ctypes.c_int64 * 4)()
-    values = (ctypes.c_double * 4)()
+    packed = _Packed()
+    args, values = packed.args, packed.values
     for j, v in enumerate(coefs):
         if isinstance(v, torch.Tensor):
             v = v.to(dtype)
             keep.append(v)
-            ptrs[j] = v.data_ptr()
-            strides[j] = v.stride(0) if v.dim() else 0
+            args[_COEF_PTR + j] = v.data_ptr()
+            args[_COEF_STRIDE + j] = v.stride(0) if v.dim() else 0
         else:
             if dtype == torch.float32 and abs(v) > _FLOAT32_MAX:
                 return False
             values[j] = v
     numel = x.numel() // batch if batch else 0
-    mode, k0, k1, sptr, s0, iptr = 0, 0, 0, None, 0, None
     if key is not None:
         k0, k1, stream, index = key
         if index.dtype != torch.int64 or not index.is_contiguous():
             index = index.to(torch.int64).contiguous()
             keep.append(index)
-        iptr, mode = index.data_ptr(), 1
+        args[_MODE], args[_K0], args[_K1], args[_INDEX] = 1, k0, k1, index.data_ptr()
         if isinstance(stream, torch.Tensor):
             streams = stream.to(device="cpu", dtype=torch.int64).contiguous()
             keep.append(streams)
-            sptr = streams.data_ptr()
+            args[_STREAMS] = streams.data_ptr()
         else:
-            s0 = int(stream)
+            args[_STREAM0] = int(stream)
     elif z is not None:
-        mode = 2
+        args[_MODE], args[_Z] = 2, z.data_ptr()
     if batch * numel == 0:
         return True
-    fn = _state.get(dtype)
-    if fn is None:
-        fn = _state[dtype] = getattr(lib, _AFFINE[dtype])
-    fn(mode, k0, k1, sptr, s0, iptr, batch, numel, x.data_ptr(), s.data_ptr(),
-       z.data_ptr() if z is not None and mode == 2 else None, ptrs, strides, values, int(has_d), out.data_ptr(),
-       mean.data_ptr() if mean is not None else None, _threads(batch * numel))
+    args[_BATCH], args[_NUMEL], args[_X], args[_S] = batch, numel, x.data_ptr(), s.data_ptr()
+    args[_HAS_D], args[_OUT], args[_THREADS] = int(has_d), out.data_ptr(), _threads(batch * numel)
+    if mean is not None:
+        args[_MEAN] = mean.data_ptr()
+    _affine_fn(lib, dtype)(*packed.addresses)
     del keep  # alive through the call
     return True
+
+
+class KeyedLoop:
+    """The C entry points bound to one dtype, batch shape and noise key, for the steps of a sampling loop.
+
+    :func:`affine` and :func:`normals` convert and check their arguments and build their ctypes arrays at
+    every call; a fixed-step sampler calls them once or twice per step with the same key, so this binds the
+    library functions, the key words, the index, the thread count and the packed argument arrays once
+    (build it with :func:`keyed_loop`); a call writes the slots that change.  The same bits as the plain calls:
+
+    * ``affine(x, s, a, b, c, d, stream, out)``: ``affine(x, s, (a, b, c, d), d != 0.0,
+      key=(k0, k1, stream, sample_index) if c != 0.0 else None, out=out)``, Python-float coefficients;
+    * ``normals(stream)``: ``normals(k0, k1, stream, sample_index, numel)`` shaped ``(B, *D)``;
+    * ``langevin(x, s, z, eps, c, out)``: ``affine(x, s, (1.0, eps, c, 0.0), False, z=z, out=out)``,
+      ``eps`` and ``c`` ``(B,)`` tensors of the dtype (the Langevin reference's update).
+
+    The caller guarantees what those require: ``x``, ``s``, ``z`` and ``out`` contiguous CPU tensors of
+    ``shape`` and ``dtype`` (``out`` may be ``x`` or ``s``), ``stream`` an int in [0, 2³²), the float
+    coefficients finite.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype, shape, k0: int, k1: int, sample_index: torch.Tensor):
+        self._affine, self._normals = _affine_fn(lib, dtype), lib.sdekit_normals
+        self._index = sample_index.to(torch.int64).contiguous()  # alive as long as the loop
+        self._k0, self._k1, self._iptr = k0, k1, self._index.data_ptr()
+        self._shape, self._batch, self._numel = tuple(shape), shape[0], math.prod(shape[1:])
+        self._threads = _threads(self._batch * self._numel)
+        self._limit = _FLOAT32_MAX if dtype == torch.float32 else math.inf
+        self._keyed, self._given = _Packed(), _Packed()  # noise drawn in place (affine) / given z (langevin)
+        for packed in (self._keyed, self._given):
+            args = packed.args
+            args[_BATCH], args[_NUMEL], args[_THREADS] = self._batch, self._numel, self._threads
+        self._keyed.args[_K0], self._keyed.args[_K1], self._keyed.args[_INDEX] = k0, k1, self._iptr
+        self._given.args[_MODE] = 2
+        self._given.values[0], self._given.values[3] = 1.0, 0.0
+
+    def affine(self, x: torch.Tensor, s: torch.Tensor, a: float, b: float, c: float, d: float, stream: int,
+               out: torch.Tensor) -> bool:
+        """Write ``a x + b s (+ d) (+ c z)`` into ``out``; ``False`` (nothing written) where :func:`affine`
+        would refuse (a coefficient float32 cannot hold)."""
+        limit = self._limit
+        if abs(a) > limit or abs(b) > limit or abs(c) > limit or abs(d) > limit:
+            return False
+        packed = self._keyed
+        args, values = packed.args, packed.values
+        values[0], values[1], values[2], values[3] = a, b, c, d
+        args[_MODE], args[_STREAM0], args[_HAS_D] = 1 if c != 0.0 else 0, stream, d != 0.0
+        args[_X], args[_S], args[_OUT] = x.data_ptr(), s.data_ptr(), out.data_ptr()
+        self._affine(*packed.addresses)
+        return True
+
+    def normals(self, stream: int) -> torch.Tensor:
+        """Float32 ``(B, *D)`` keyed normals of ``stream``."""
+        out = torch.empty(self._shape, dtype=torch.float32)
+        self._normals(self._k0, self._k1, None, stream, self._iptr, self._batch, self._numel, out.data_ptr(),
+                      self._threads)
+        return out
+
+    def langevin(self, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, c: torch.Tensor,
+                 out: torch.Tensor) -> bool:
+        """Write ``x + eps s + c z`` into ``out`` (row ``b`` with ``eps[b]``, ``c[b]``); always ``True``."""
+        packed = self._given
+        args = packed.args
+        args[_COEF_PTR + 1], args[_COEF_STRIDE + 1] = eps.data_ptr(), eps.stride(0)
+        args[_COEF_PTR + 2], args[_COEF_STRIDE + 2] = c.data_ptr(), c.stride(0)
+        args[_X], args[_S], args[_Z], args[_OUT] = x.data_ptr(), s.data_ptr(), z.data_ptr(), out.data_ptr()
+        self._affine(*packed.addresses)
+        return True
+
+
+def keyed_loop(dtype: torch.dtype, shape, k0: int, k1: int, sample_index: torch.Tensor) -> KeyedLoop | None:
+    """A :class:`KeyedLoop` for data of ``shape`` ``(B, *D)`` and ``dtype`` (float32 or float64) keyed by
+    ``(k0, k1)`` and the ``(B,)`` CPU ``sample_index``; ``None`` without the library."""
+    lib = library()
+    return None if lib is None else KeyedLoop(lib, dtype, shape, k0, k1, sample_index)

@@ -236,6 +236,34 @@ SDEKIT_CLONES void sdekit_box_muller(const uint32_t *words, int64_t n, float *ou
 DEFINE_AFFINE(float, f32)
 DEFINE_AFFINE(double, f64)
 
+/* sdekit_affine_* with its arguments packed in one int64 array (pointers as integers) and the four
+ * float coefficients in a double array: a ctypes call converts each argument through Python, and for
+ * a small batch the eighteen conversions cost more than the update (sdekit/_native.py keeps the
+ * array between the steps of a loop and rewrites only what changes).  Slots: */
+enum {
+    PK_MODE, PK_K0, PK_K1, PK_STREAMS, PK_STREAM0, PK_INDEX, PK_BATCH, PK_NUMEL, PK_X, PK_S, PK_Z,
+    PK_COEF_PTR, PK_COEF_STRIDE = PK_COEF_PTR + 4, PK_HAS_D = PK_COEF_STRIDE + 4, PK_OUT, PK_MEAN, PK_THREADS,
+    PK_SLOTS
+};
+#define PK_PTR(T, v) ((T)(intptr_t)(v))
+#define DEFINE_AFFINE_PACKED(T, SUF)                                                                           \
+    void sdekit_affine_packed_##SUF(const int64_t *a, const double *coef_value) {                             \
+        const T *coef_ptr[4];                                                                                  \
+        for (int j = 0; j < 4; j++) coef_ptr[j] = PK_PTR(const T *, a[PK_COEF_PTR + j]);                       \
+        sdekit_affine_##SUF((int)a[PK_MODE], (uint32_t)a[PK_K0], (uint32_t)a[PK_K1],                           \
+                            PK_PTR(const int64_t *, a[PK_STREAMS]), a[PK_STREAM0],                            \
+                            PK_PTR(const int64_t *, a[PK_INDEX]), a[PK_BATCH], a[PK_NUMEL],                   \
+                            PK_PTR(const T *, a[PK_X]), PK_PTR(const T *, a[PK_S]), PK_PTR(const T *, a[PK_Z]), \
+                            coef_ptr, a + PK_COEF_STRIDE, coef_value, (int)a[PK_HAS_D], PK_PTR(T *, a[PK_OUT]), \
+                            PK_PTR(T *, a[PK_MEAN]), (int)a[PK_THREADS]);                                      \
+    }
+
+DEFINE_AFFINE_PACKED(float, f32)
+DEFINE_AFFINE_PACKED(double, f64)
+
+/* The number of slots, so that the Python side can check its layout against this one. */
+int sdekit_affine_packed_slots(void) { return PK_SLOTS; }
+
 int sdekit_has_openmp(void) {
 #ifdef _OPENMP
     return 1;

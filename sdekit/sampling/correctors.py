@@ -8,7 +8,7 @@ import math
 import torch
 
 from .._checks import expand_as_batch
-from ..kernels import affine_update, langevin_step
+from ..kernels.keyed import KeyedUpdate
 from ..kernels.langevin import step_size as langevin_step_size
 from ..sdes.base import AbstractLinearSDE
 
@@ -25,8 +25,10 @@ class AbstractCorrector(abc.ABC):
     from the exact transition (1 for VE and for non-linear SDEs).
 
     Two ways to run it: :meth:`correct` (reference, noise from a callable) and
-    :meth:`keyed_step` (one step with keyed noise on the fused kernels, used by
-    :func:`sdekit.sample`; per-step scalars from :meth:`schedule`).
+    :meth:`keyed_step` (one step with keyed noise on the fused kernels; per-step
+    scalars from :meth:`schedule`), or :meth:`bound_step`, the same step with
+    the key bound once for a loop (:class:`sdekit.kernels.keyed.KeyedUpdate`,
+    used by :func:`sdekit.sample`).
     """
 
     def __init__(self, sde, score, snr: float, n_steps: int, per_sample_norm: bool = True):
@@ -46,9 +48,19 @@ class AbstractCorrector(abc.ABC):
     def schedule(self, t: torch.Tensor, t_next: torch.Tensor) -> list:
         """Per-step scalars :meth:`keyed_step` needs, for float64 time grids ``t``, ``t_next`` ``(N,)``."""
 
-    @abc.abstractmethod
     def keyed_step(self, x, s, param: float, *, seed, sample_index, stream, backend=None):
-        """One step from ``x`` with score ``s``, noise keyed by ``(seed, sample_index, stream)``."""
+        """One step from ``x`` with score ``s``, noise keyed by ``(seed, sample_index, stream)``.
+
+        ``x``, ``s``: ``(B, *D)``; ``param``: this step's scalar from :meth:`schedule`.
+        Returns the new ``x``.  Raises ValueError / TypeError on a bad key (as
+        :func:`sdekit.kernels.affine_update`).
+        """
+        return self.bound_step(KeyedUpdate(x, seed=seed, sample_index=sample_index, backend=backend), x, s, param,
+                               stream=stream)
+
+    @abc.abstractmethod
+    def bound_step(self, update: KeyedUpdate, x, s, param: float, *, stream: int):
+        """:meth:`keyed_step` with the key and backend bound in ``update`` (built once for a loop)."""
 
     def correct(self, x, t, t_next, noise):
         """Run the corrector at time ``t`` (B,) float64; ``noise()`` draws ``z``. Returns ``(x, x_mean)``."""
@@ -138,12 +150,10 @@ class Langevin(AbstractCorrector):
             return alpha.tolist()
         return self.step_size(None, None, t, alpha).tolist()  # "sigma": ε per step
 
-    def keyed_step(self, x, s, param, *, seed, sample_index, stream, backend=None):
+    def bound_step(self, update, x, s, param, *, stream):
         if self.norm in ("per_sample", "batch_mean"):
-            return langevin_step(x, s, self.snr, param, per_sample_norm=self.per_sample, seed=seed,
-                                 sample_index=sample_index, stream=stream, backend=backend)[0]
-        return affine_update(x, s, 1.0, param, math.sqrt(2 * param), seed=seed, sample_index=sample_index,
-                             stream=stream, backend=backend)
+            return update.langevin(x, s, self.snr, param, per_sample_norm=self.per_sample, stream=stream)
+        return update.affine(x, s, 1.0, param, math.sqrt(2 * param), stream=stream)
 
 
 class AnnealedLangevin(AbstractCorrector):
@@ -167,9 +177,8 @@ class AnnealedLangevin(AbstractCorrector):
     def schedule(self, t, t_next):
         return self.step_size(None, None, t, self.alpha(t, t_next)).tolist()
 
-    def keyed_step(self, x, s, param, *, seed, sample_index, stream, backend=None):
-        return affine_update(x, s, 1.0, param, math.sqrt(2 * param), seed=seed, sample_index=sample_index,
-                             stream=stream, backend=backend)
+    def bound_step(self, update, x, s, param, *, stream):
+        return update.affine(x, s, 1.0, param, math.sqrt(2 * param), stream=stream)
 
 
 CORRECTORS = {cls.name: cls for cls in (Langevin, AnnealedLangevin)}

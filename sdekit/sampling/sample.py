@@ -21,6 +21,7 @@ from .._checks import (
 from ..conditioning import bind_model_kwargs, flatten_model_kwargs, unbind_conditioning
 from ..kernels import affine_update, normal, resolve_backend
 from ..kernels._args import noise_key
+from ..kernels.keyed import KeyedUpdate
 from ..noise import check_sample_index, split_seed
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
@@ -347,8 +348,9 @@ class StepPlan:
     Attributes:
         seed: the Philox key.
         times: the ``N + 1`` grid times ``t_0 = T > … > t_N``.
-        coef: per-step ``(a, b, c, d)`` lists of the predictor's affine update,
-            or ``None`` (Euler–Maruyama without affine coefficients).
+        coef: per-step ``(a, b, c, d)`` tuples of the predictor's affine update
+            (``coef[i]`` for the step from ``t_i``), or ``None`` (Euler–Maruyama
+            without affine coefficients).
         corrector: per-step corrector scalars (:meth:`AbstractCorrector.schedule`), or ``None``.
         corrector_steps: ``K``, corrector steps per time step (0 without a corrector).
         denoise: ``(a, b, d)`` of Tweedie's formula at ``t_N``, or ``None``.
@@ -377,7 +379,7 @@ def _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturabl
         raise ValueError(f"steps × (corrector_steps + 1) must be below 2**32 (one noise stream each), "
                          f"got {n * (K + 1)}")
     coef = predictor.coefficients(grid[:-1], grid[1:])
-    coef = None if coef is None else tuple(tuple(v.tolist()) for v in coef)
+    coef = None if coef is None else tuple(zip(*(v.tolist() for v in coef)))  # one (a, b, c, d) row per step
     params = tuple(fix.schedule(grid[:-1], grid[1:])) if fix is not None else None
     tweedie = None
     if denoise:
@@ -397,9 +399,9 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     ``monitor`` (a :class:`sdekit.faults.NonFiniteMonitor`) checks the state after
     each step ``i`` (reported with ``t_i``) and after denoising (step ``N``).
     """
-    B, K, times = x.shape[0], plan.corrector_steps, plan.times
+    B, K, times, coef = x.shape[0], plan.corrector_steps, plan.times, plan.coef
     corrector = () if plan.corrector is None else plan.corrector  # None only without a corrector (K = 0)
-    key = {"seed": plan.seed, "sample_index": sample_index, "backend": backend}
+    update = KeyedUpdate(x, seed=plan.seed, sample_index=sample_index, backend=backend)  # key checked once
     iterator = range(len(times) - 1)
     if progress:
         from tqdm.auto import tqdm
@@ -408,14 +410,14 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     for i in iterator:
         t = torch.full((B,), times[i], dtype=x.dtype, device=x.device)
         for j in range(K):
-            x = fix.keyed_step(x, score(x, t), corrector[i], stream=1 + i * (K + 1) + j, **key)
+            x = fix.bound_step(update, x, score(x, t), corrector[i], stream=1 + i * (K + 1) + j)
         s = score(x, t)
         stream = 1 + i * (K + 1) + K
-        if plan.coef is not None:
-            a, b, c, d = (v[i] for v in plan.coef)
-            x = affine_update(x, s, a, b, c, d, stream=stream, **key)
+        if coef is not None:
+            x = update.affine(x, s, *coef[i], stream=stream)
         else:
-            x = predictor.general_step(x, s, t, times[i + 1] - times[i], stream=stream, **key)
+            x = predictor.general_step(x, s, t, times[i + 1] - times[i], seed=plan.seed, sample_index=sample_index,
+                                       stream=stream, backend=backend)
         if monitor is not None:
             monitor.after_step(i, times[i], x)
     if plan.denoise is not None:
