@@ -3,6 +3,7 @@
 from .correctors import AnnealedLangevin, Langevin
 from .denoise import tweedie_denoise
 from .grid import time_grid
+from .grid_optimizer import GridOptimizationInfo, karras_sigmas, optimize_sigmas
 from .langevin_mcmc import LangevinResult, langevin_mcmc
 from .ncsn import ncsn_levels, sample_ncsn
 from .predictors import Ancestral, EulerMaruyama, ReverseDiffusion
@@ -12,12 +13,15 @@ __all__ = [
     "Ancestral",
     "AnnealedLangevin",
     "EulerMaruyama",
+    "GridOptimizationInfo",
     "Langevin",
     "LangevinResult",
     "ReverseDiffusion",
     "SampleResult",
+    "karras_sigmas",
     "langevin_mcmc",
     "ncsn_levels",
+    "optimize_sigmas",
     "sample",
     "sample_ncsn",
     "time_grid",
