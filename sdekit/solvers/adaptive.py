@@ -305,6 +305,22 @@ def _combine(tableau, yi, ks, step, rtol, atol, fused, norm, y_new=None, hb=None
     return y_new, norm(error / (atol + rtol * torch.maximum(yi.abs(), y_new.abs())))
 
 
+def _acceptance(k0, y_new, err, step, min_step: float):
+    """Per-sample ``(accept, bad_f, isfinite(err))`` of an attempted step.
+
+    Accepted: a finite error norm ``<= 1`` (or a step at ``min_step``) and a finite new state.  A
+    non-finite derivative ``k0`` at the accepted state (``bad_f``) is a fault, not a step to shrink.
+    """
+    bad_f = ~_row_finite(k0)
+    finite_new = _row_finite(y_new)
+    err_finite = torch.isfinite(err)
+    accept = err_finite & (err <= 1.0) & finite_new
+    if min_step > 0:
+        accept |= (step.abs() <= min_step) & finite_new
+    accept &= ~bad_f
+    return accept, bad_f, err_finite
+
+
 def _rows(idx: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Selection of the rows ``idx`` of a batched tensor (every row, unchanged, when ``idx`` is ``None``)."""
     if idx is None:
@@ -423,13 +439,7 @@ def _integrate(func, y0, t_out, tableau, rtol, atol, max_steps, controller, args
         hb = expand_as_batch(step, yi)
         ks, y_last = _stages(func, tableau, ti, yi, step, sel(k_first) if tableau.fsal else None, argi, t_end, hb)
         y_new, err = _combine(tableau, yi, ks, step, rtol, atol, fused, norm, y_last if reuse_last and not y_last.requires_grad else None, hb)
-        bad_f = ~_row_finite(ks[0])  # the derivative at the accepted state: a fault, not a step to shrink
-        finite_new = _row_finite(y_new)
-        err_finite = torch.isfinite(err)
-        accept = err_finite & (err <= 1.0) & finite_new
-        if opts.min_step > 0:
-            accept |= (step.abs() <= opts.min_step) & finite_new
-        accept &= ~bad_f
+        accept, bad_f, err_finite = _acceptance(ks[0], y_new, err, step, opts.min_step)
         rejected = ~accept
         err = err.detach()  # step-size control is not differentiated (torchdiffeq, Chen et al. 2018)
         astep = step.detach().abs()

@@ -22,7 +22,7 @@ import math
 import torch
 
 from .._checks import expand_as_batch
-from .adaptive import AdaptiveSolution, StepOptions, _combine, _failure_error, _row_finite
+from .adaptive import AdaptiveSolution, StepOptions, _acceptance, _combine, _failure_error
 from .rk import _stages, fsal_reuses_last_stage, rk_interpolate
 
 
@@ -77,13 +77,7 @@ def integrate_single(func, y0, t_out, tableau, rtol, atol, max_steps, controller
         ks, y_last = _stages(func, tableau, t, y, step, k_first if tableau.fsal else None, args, None, hb)
         y_new, err = _combine(tableau, y, ks, step, rtol, atol, False, norm,
                               y_last if reuse_last and not y_last.requires_grad else None, hb)
-        bad_f = ~_row_finite(ks[0])
-        finite_new = _row_finite(y_new)
-        err_finite = torch.isfinite(err)
-        accept_t = err_finite & (err <= 1.0) & finite_new
-        if opts.min_step > 0:
-            accept_t |= (step.abs() <= opts.min_step) & finite_new
-        accept_t &= ~bad_f
+        accept_t, bad_f, err_finite = _acceptance(ks[0], y_new, err, step, opts.min_step)
         err = err.detach()
         astep = step.detach().abs()
         h_next = astep * controller.factor(err, err_prev, tableau.error_order, last_rejected, finite=err_finite)
