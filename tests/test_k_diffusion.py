@@ -43,8 +43,10 @@ class TinyDenoiser(torch.nn.Module):
         return c_skip[:, None, None, None] * x + c_out[:, None, None, None] * self.net(h).reshape(x.shape)
 
 
-def _problem(kind, dtype):
-    sigmas = KD.get_sigmas_karras(N_STEPS, 0.002, 80.0).to(dtype)
+def _problem(kind, dtype, grid="karras"):
+    """(model, x = σ_max ε, sigmas) on k-diffusion's Karras or exponential (log-uniform in σ) grid."""
+    get_sigmas = KD.get_sigmas_karras if grid == "karras" else KD.get_sigmas_exponential
+    sigmas = get_sigmas(N_STEPS, 0.002, 80.0).to(dtype)
     gen = torch.Generator().manual_seed(0)
     if kind == "mixture":
         model, shape = mixture_denoiser(), (256, 2)

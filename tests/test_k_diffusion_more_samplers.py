@@ -13,7 +13,8 @@ import pytest
 import torch
 from k_diffusion_reference import load_sampling
 from sdekit.kernels import normal
-from test_k_diffusion import TinyDenoiser, mixture_denoiser
+from test_k_diffusion import N_STEPS
+from test_k_diffusion import _problem as base_problem
 from test_k_diffusion_conditioning import SEED, SIGMAS, _batch, _rows_are_batches_of_one, component_denoiser
 
 from sdekit.conditioning import select_model_kwargs
@@ -22,7 +23,6 @@ from sdekit.integrations.k_diffusion_multistep import lms_coefficients
 
 KD = load_sampling()
 needs_kd = pytest.mark.skipif(isinstance(KD, str), reason=KD if isinstance(KD, str) else "")
-N_STEPS = 30
 NEW = ("lms", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
 NOISY = ("dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
 
@@ -46,17 +46,7 @@ def _case_id(case):
 
 @functools.cache
 def _problem(kind, grid, dtype):
-    if grid == "karras":
-        sigmas = KD.get_sigmas_karras(N_STEPS, 0.002, 80.0)
-    else:  # log-uniform in σ
-        sigmas = KD.get_sigmas_exponential(N_STEPS, 0.002, 80.0)
-    sigmas = sigmas.to(dtype)
-    gen = torch.Generator().manual_seed(0)
-    if kind == "mixture":
-        model, shape = mixture_denoiser(), (256, 2)
-    else:
-        model, shape = TinyDenoiser().to(dtype), (64, 1, 4, 4)
-    return model, torch.randn(shape, generator=gen, dtype=dtype) * sigmas[0], sigmas
+    return base_problem(kind, dtype, grid)
 
 
 class RecordedNoise:

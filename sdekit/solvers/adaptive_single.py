@@ -84,14 +84,21 @@ def integrate_single(func, y0, t_out, tableau, rtol, atol, max_steps, controller
         if clamp_h:
             h_next = h_next.clamp(opts.min_step, opts.max_step)
         floor = torch.maximum(0.25 * eps * t.detach().abs(), span_floor)
-        # the one host read of the attempt: accepted, ends on t1, bad derivative, step below the floor
-        accept, hit, bad, low = torch.cat([accept_t, hit_t, bad_f, h_next <= floor]).tolist()
+        t_step = t + step
+        # the one host read of the attempt: accepted, ends on t1, bad derivative, step below the floor (and,
+        # for dense output, where the step ends)
+        flags = torch.cat([accept_t, hit_t, bad_f, h_next <= floor])
+        if n > 2:
+            *bits, t_end = torch.cat([flags.to(t_step.dtype), t_step.detach()]).tolist()
+            accept, hit, bad, low = (bool(v) for v in bits)
+        else:
+            accept, hit, bad, low = flags.tolist()
         nfe += per_attempt
         finished = accept and hit
         if accept:
-            t_new = t1 if hit else t + step
+            t_new = t1 if hit else t_step
             if n > 2:
-                t_next = float(t_new[0])
+                t_next = outs[-1] if hit else t_end
                 crossed = []
                 while next_out < n - 1 and sign * (outs[next_out] - t_next) <= 0:
                     crossed.append(next_out)
