@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import sdekit
 from sdekit.sampling.sample import METHODS
+from sdekit.sampling.sigma_samplers import SIGMA_SAMPLERS
 
 VP = sdekit.VPSDE()
 NAN, INF = float("nan"), float("inf")
@@ -261,6 +262,10 @@ SAMPLE_BAD = dict(method=["bogus", None], steps=[0, -1, 2.5, INF, NAN, True, "1"
                   device=[CUDA, "bogus", 3.5])
 
 
+#: Methods that take no Langevin corrector (a ValueError names it).
+NO_CORRECTOR = ("ode", "dpmpp_2m", "ncsn") + tuple(SIGMA_SAMPLERS)
+
+
 @settings(max_examples=40, derandomize=True, deadline=None)
 @given(data=st.data())
 def test_fuzz_sample(data):
@@ -269,7 +274,7 @@ def test_fuzz_sample(data):
     try:
         out = sdekit.sample(score, VP, shape, max_steps=200, seed=0, **kw)
     except (ValueError, TypeError):
-        assert bad or (kw["corrector"] and kw["method"] in ("ode", "dpmpp_2m")), "valid input was rejected"
+        assert bad or (kw["corrector"] and kw["method"] in NO_CORRECTOR), "valid input was rejected"
         return
     assert not bad, f"bad {bad} accepted"
     assert out.x.shape == tuple(shape) and _finite(out.x)

@@ -30,7 +30,7 @@ class NonLinearSDE(sdekit.AbstractSDE):
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        (dict(method="heun"), ValueError, "method"),
+        (dict(method="rk4"), ValueError, "method"),
         (dict(corrector="mala"), ValueError, "corrector"),
         (dict(method="ode", corrector="langevin"), ValueError, "corrector must be None"),
         (dict(corrector_norm="max"), ValueError, "corrector_norm"),

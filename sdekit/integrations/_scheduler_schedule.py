@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 #: The SDE methods (one ``step`` = one stage of the sampler; see the scheduler's module docstring).
-SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion")
+SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ddim")
 METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m")
 SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_GRIDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")

@@ -13,7 +13,7 @@ import torch
 
 from .._checks import expand_as_batch
 from ..sampling.correctors import CORRECTORS
-from ..sampling.predictors import PREDICTORS
+from ..sampling.predictors import DDIM, PREDICTORS
 from ..score_models import score_from_x0
 
 
@@ -63,11 +63,16 @@ def score_and_x0(cfg, adapter, sde, model_output, sample, t):
     return score_from_x0(Frozen(x0), sde)(sample, t).to(sample.dtype), x0
 
 
-def predict(cfg, sde, score, sample, t_i, t_next, noise, last: bool):
-    """The SDE predictor from ``t_i`` to ``t_next``; the last interval (to the data) adds no noise."""
+def predict(cfg, sde, score, sample, t_i, t_next, noise, last: bool, eta: float = 0.0):
+    """The SDE predictor from ``t_i`` to ``t_next``; the last interval (to the data) adds no noise.
+
+    ``eta``: DDIM's noise fraction (``method="ddim"``); at ``η = 0`` no noise is
+    drawn (as ``DDIMScheduler``, so a ``generator`` is not advanced).
+    """
     frozen = Frozen(score)
-    predictor = PREDICTORS[cfg.method](sde, frozen)
-    z = torch.zeros_like(sample) if last else noise()
+    predictor = DDIM(sde, frozen, eta) if cfg.method == "ddim" else PREDICTORS[cfg.method](sde, frozen)
+    quiet = last or (cfg.method == "ddim" and eta == 0.0)
+    z = torch.zeros_like(sample) if quiet else noise()
     if cfg.method == "ancestral" and cfg.variance_type in ("fixed_large", "fixed_large_log"):
         _, x_mean = predictor.step(sample, t_i, t_next, torch.zeros_like(sample))
         g = sde.transition(t_next, t_i)[2]  # G² = 1 − ᾱ_t/ᾱ_s: the "β" of the strided step

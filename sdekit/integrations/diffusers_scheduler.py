@@ -15,6 +15,7 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 ``ancestral``          :class:`sdekit.sampling.Ancestral` (DDPM's posterior)   1
 ``euler_maruyama``     :class:`sdekit.sampling.EulerMaruyama` (reverse SDE)   1
 ``reverse_diffusion``  :class:`sdekit.sampling.ReverseDiffusion`              1
+``ddim``               :class:`sdekit.sampling.DDIM` (``step(..., eta=η)``)    1
 ``ode_euler``          Euler step of the probability-flow ODE                 1
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
 ``dpmpp_2m``           DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2)        1
@@ -317,7 +318,8 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         return sample
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
-             return_dict: bool = True, *, seed: int | None = None, sample_index: torch.Tensor | None = None):
+             return_dict: bool = True, *, seed: int | None = None, sample_index: torch.Tensor | None = None,
+             eta: float = 0.0):
         """Advance by one model call: one stage of the sampler, from the entry ``timestep`` names.
 
         Args:
@@ -328,6 +330,9 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
             generator: ``torch.Generator`` (or a list of B) for the noise (DDPM-exact).
             return_dict: return :class:`SDESchedulerOutput` (else a tuple).
             seed, sample_index: keyed noise instead (keyword-only; see :meth:`set_noise_seed`).
+            eta: ``method="ddim"``'s noise fraction ``η`` in ``[0, 1]`` (keyword, as
+                ``DDIMScheduler.step``; pipelines pass their ``eta`` when ``step`` takes one);
+                must be 0 for the other methods.
         Returns:
             :class:`SDESchedulerOutput` with ``prev_sample`` and
             ``pred_original_sample`` (x̂₀), or ``(prev_sample, pred_original_sample)``;
@@ -336,9 +341,12 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
             ValueError: if ``model_output`` and ``sample`` differ in shape, the
                 timestep is not on the schedule or contradicts ``begin_index``, a
                 Heun corrector entry comes without its predictor, or both ``seed``
-                and ``generator`` are given.
+                and ``generator`` are given; a non-zero ``eta`` with a method other
+                than ``"ddim"``, or one outside ``[0, 1]``.
         """
         self._check_usable()
+        if eta != 0.0 and self._cfg.method != "ddim":
+            raise ValueError(f"eta={eta!r} applies to method='ddim', not method={self._cfg.method!r}")
         check_model_output("model_output (the network)", model_output, sample)
         j = self.index_for_timestep(timestep)
         stage, i = self._plan.stages[j]
@@ -353,7 +361,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         last = i == len(self._plan.interval_timesteps) - 1
         state, self._state = self._state, None
         if stage == "predict":
-            prev = stages.predict(cfg, self.sde, score, sample, t_i, t_next, noise, last)
+            prev = stages.predict(cfg, self.sde, score, sample, t_i, t_next, noise, last, eta)
         elif stage == "correct":
             prev = stages.correct(cfg, self.sde, score, sample, t_i, t_next, noise)
         elif stage == "dpmpp":

@@ -41,14 +41,13 @@ from tqdm.auto import trange
 from .._checks import check_finite, check_model_output, check_positive, check_positive_int, expand_as_batch
 from ..conditioning import bind_model_kwargs, flatten_model_kwargs
 from ..sampling.dpm_solver import dpmpp_2m_coefficients
-from ..sampling.predictors import Ancestral
+from ..sampling.predictors import DDIM, Ancestral
 from ..score_models import score_from_denoiser
 from ..sdes.edm import EDMSDE
 from ..solvers.adaptive import solve_adaptive
 from ._k_diffusion_support import (
     SDE,
     Denoiser,
-    ancestral_split,
     check_bound_extra_args,
     churn,
     noise_source,
@@ -58,6 +57,7 @@ from ._k_diffusion_support import (
 )
 from .k_diffusion_multistep import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_lms
 from .k_diffusion_singlestep import sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral
+from .k_diffusion_unipc import sample_unipc
 
 __all__ = [
     "denoiser_score",
@@ -72,6 +72,7 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_heun",
     "sample_lms",
+    "sample_unipc",
 ]
 
 
@@ -183,9 +184,10 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     of the VE SDE, i.e. sdekit's :class:`~sdekit.sampling.Ancestral` predictor
     on :class:`~sdekit.EDMSDE` (Song et al. 2021, eq. 47), which is what runs;
     ``σ_up² = σ'² (σ² − σ'²)/σ²``, ``σ_down² = σ'² − σ_up²``.  Other ``eta``
-    (0 = the probability flow's DDIM-like step) take the Euler-to-``σ_down``
-    form of k-diffusion's ``sample_euler_ancestral``.  No noise is added on a
-    step to ``σ = 0``.
+    run sdekit's :class:`~sdekit.sampling.DDIM` predictor (Song, Meng & Ermon
+    2021, eqs. 12/16) on :class:`~sdekit.EDMSDE`, which is k-diffusion's
+    Euler step to ``σ_down`` plus ``σ_up`` noise (``0`` = DDIM, an Euler step of
+    the probability flow).  No noise is added on a step to ``σ = 0``.
 
     Args:
         eta: noise fraction in ``[0, 1]``.
@@ -206,18 +208,14 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     draw = step_noise(x, sigmas, noise_sampler, seed, sample_index, generator)
-    denoiser, score, flow, values, kw = setup(model, x, sigmas, extra_args)
+    denoiser, score, _, values, kw = setup(model, x, sigmas, extra_args)
     ones = x.new_ones([x.shape[0]])
-    ancestral = Ancestral(SDE, bind_model_kwargs(score, kw))  # fixed steps: the whole batch every call
+    bound = bind_model_kwargs(score, kw)  # fixed steps: the whole batch every call
+    step = Ancestral(SDE, bound) if eta == 1.0 else DDIM(SDE, bound, eta)  # the same law at η = 1
     for i in trange(len(values) - 1, disable=disable):
         sigma, sigma_next = sigmas[i] * ones, sigmas[i + 1] * ones
         z = torch.zeros_like(x) if values[i + 1] == 0 else draw(i) * s_noise
-        if eta == 1.0:
-            x_new = ancestral.step(x, sigma.double(), sigma_next.double(), z)[0]
-        else:
-            sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
-            drift = flow.drift(x, sigma, **kw)
-            x_new = x + drift * expand_as_batch(sigma_down - sigma, x) + expand_as_batch(sigma_up, x) * z
+        x_new = step.step(x, sigma.double(), sigma_next.double(), z)[0]
         report(callback, x, i, sigmas[i], sigmas[i], denoiser.last)
         x = x_new
     return x

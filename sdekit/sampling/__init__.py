@@ -6,10 +6,11 @@ from .grid import time_grid
 from .grid_optimizer import GridOptimizationInfo, karras_sigmas, optimize_sigmas
 from .langevin_mcmc import LangevinResult, langevin_mcmc
 from .ncsn import ncsn_levels, sample_ncsn
-from .predictors import Ancestral, EulerMaruyama, ReverseDiffusion
+from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .sample import SampleResult, sample
 
 __all__ = [
+    "DDIM",
     "Ancestral",
     "AnnealedLangevin",
     "EulerMaruyama",

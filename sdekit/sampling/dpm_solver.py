@@ -30,10 +30,10 @@ from ..sdes.base import AbstractLinearSDE
 from .grid import time_grid
 
 
-def _check_linear(sde) -> None:
+def _check_linear(sde, what: str = "method='dpmpp_2m'") -> None:
     if not isinstance(sde, AbstractLinearSDE):
         raise TypeError(
-            f"method='dpmpp_2m' needs a linear SDE with closed-form marginals "
+            f"{what} needs a linear SDE with closed-form marginals "
             f"(VPSDE, SubVPSDE, VESDE, EDMSDE, DiscreteVPSDE), got {type(sde).__name__}"
         )
 

@@ -188,4 +188,43 @@ class Ancestral(AbstractPredictor):
         return Affine(a, b, c, d)
 
 
-PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral)}
+class DDIM(AbstractPredictor):
+    """DDIM with noise fraction ``η``: ``x_s = α_s x̂_0 + c_s + √(σ_s² − σ_η²) ε̂ + σ_η z``, ``s = t_next``.
+
+    Source: Song, Meng & Ermon 2021 ("DDIM"), eq. 12 with ``σ_η`` of eq. 16:
+    ``σ_η² = η² σ_s² G²/σ_t²``, the posterior variance of :class:`Ancestral`
+    times ``η²`` (``G² = σ_t² − r² σ_s²`` from the exact transition
+    ``x_t = r x_s + c + G z``).  ``x̂_0 = (x − c_t + σ_t² s)/α_t`` (Tweedie) and
+    ``ε̂ = −σ_t s``, so the step is affine:
+    ``a = α_s/α_t``, ``b = α_s σ_t²/α_t − σ_t √(σ_s² − σ_η²)``,
+    ``d = c_s − α_s c_t/α_t``, ``c = σ_η``.  ``η = 0`` is the deterministic
+    DDIM (an Euler step of the probability flow in ``σ/α``, DDIM §4.3),
+    ``η = 1`` DDPM's ancestral step (:class:`Ancestral`, same law).  On the
+    scaled VE process it is k-diffusion's ancestral Euler step
+    (:func:`sdekit.integrations.k_diffusion.sample_euler_ancestral`).
+
+    Raises:
+        ValueError: if ``eta`` is not a number in ``[0, 1]``.
+    """
+
+    name = "ddim"
+    requires_linear = True
+
+    def __init__(self, sde, score, eta: float = 0.0):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+        super().__init__(sde, score)
+        self.eta = float(eta)
+
+    def coefficients(self, t, t_next):
+        sde = self.sde
+        G = sde.transition(t_next, t)[2]
+        m_t, m_s = sde.mean_coeff(t), sde.mean_coeff(t_next)
+        sig_t, sig_s = sde.std(t), sde.std(t_next)
+        noise = self.eta * sig_s * G / sig_t
+        keep = (sig_s**2 - noise**2).clamp_min(0).sqrt()  # >= 0 up to round-off, as η <= 1
+        a = m_s / m_t
+        return Affine(a, a * sig_t**2 - sig_t * keep, noise, sde.mean_offset(t_next) - a * sde.mean_offset(t))
+
+
+PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral, DDIM)}

@@ -27,11 +27,13 @@ from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
 from .correctors import CORRECTORS, NORM_RULES, AbstractCorrector, Langevin, default_norm
 from .denoise import check_denoisable, tweedie_coefficients
+from .dpm_solver import _check_linear as check_linear
 from .dpm_solver import logsnr_grid, sample_dpmpp_2m
-from .grid import time_grid
-from .predictors import PREDICTORS, AbstractPredictor, Ancestral
+from .grid import GRIDS, sampling_grid, time_grid
+from .predictors import DDIM, PREDICTORS, AbstractPredictor, Ancestral
+from .sigma_samplers import SIGMA_SAMPLERS, sample_sigma_family
 
-METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m", "ncsn")
+METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m", "ncsn") + tuple(SIGMA_SAMPLERS)
 
 
 @dataclass
@@ -149,6 +151,8 @@ def sample(
     model_kwargs: dict | None = None,
     variance_type: str = "fixed_small",
     step_lr: float = 2e-5,
+    grid: str | None = None,
+    method_options: dict | None = None,
 ) -> SampleResult:
     """Draw samples by integrating the reverse-time SDE or the probability-flow ODE from ``T`` to ``eps``.
 
@@ -173,14 +177,27 @@ def sample(
             :class:`~sdekit.sdes.AbstractSDE` for ``"euler_maruyama"``/``"ode"``).
         shape: ``(B, *D)``, batch included.
         method: predictor ``"euler_maruyama"`` | ``"reverse_diffusion"`` |
-            ``"ancestral"``, ``"ode"`` for the adaptive probability flow, or
+            ``"ancestral"`` | ``"ddim"`` (Song, Meng & Ermon 2021, eqs. 12/16,
+            :class:`~sdekit.sampling.DDIM`; ``method_options={"eta": η}``,
+            default 0), ``"ode"`` for the adaptive probability flow, or
             ``"dpmpp_2m"`` for DPM-Solver++(2M) on the probability flow (linear
             SDEs; Lu et al. 2022b, Algorithm 2; :mod:`sdekit.sampling.dpm_solver`),
             or ``"ncsn"`` for NCSN's annealed Langevin dynamics without a
             predictor (Song & Ermon 2019, Algorithm 1; linear SDEs, levels
             ``σ(t_i)`` on the uniform grid ``T → eps``, ``steps`` levels of
             ``corrector_steps`` steps each, step ``step_lr``; ``snr`` unused;
-            :func:`sdekit.sampling.sample_ncsn`).
+            :func:`sdekit.sampling.sample_ncsn`), or one of the noise-level
+            family on linear SDEs (:data:`sdekit.sampling.sigma_samplers.SIGMA_SAMPLERS`,
+            each the k-diffusion-signature sampler of
+            :mod:`sdekit.integrations.k_diffusion` run on ``x̃ = (x − c)/α`` at
+            ``σ̃ = σ/α``): ``"euler"``, ``"heun"``
+            (EDM, Karras et al. 2022, Alg. 2; ``s_churn``, ``s_tmin``,
+            ``s_tmax``, ``s_noise``), ``"euler_ancestral"`` (η, default 1),
+            ``"dpm_2"``, ``"dpm_2_ancestral"``, ``"lms"`` (``order``),
+            ``"dpmpp_2s"``, ``"dpmpp_2s_ancestral"``, ``"dpmpp_3m"``,
+            ``"dpmpp_2m_sde"`` (``solver_type``), ``"dpmpp_3m_sde"`` (Lu et al.
+            2022b); ``steps`` steps on ``grid`` (default: the registry's, its
+            paper's), keyed noise as every other method (step ``i``: stream ``1 + i``).
         steps: predictor steps ``N`` on the uniform grid ``T → eps`` (fixed-step methods;
             uniform in log-SNR for ``"dpmpp_2m"``; noise levels ``L`` for ``"ncsn"``).
         corrector: ``None`` | ``"langevin"`` | ``"annealed_langevin"`` (not with ``"ode"``/``"dpmpp_2m"``).
@@ -235,6 +252,14 @@ def sample(
             :class:`~sdekit.sampling.Ancestral`.
         step_lr: ``method="ncsn"`` only: ``ε`` of the annealed step
             ``α_i = ε σ_i²/σ_L²``.
+        grid: the time grid of a fixed-step method (not with ``timesteps``):
+            ``"uniform"`` (the predictors' default), ``"logsnr"`` (``"dpmpp_2m"``'s),
+            ``"exponential"`` (the same grid), ``"karras"`` (ρ = 7), ``"quadratic"``
+            or ``"discrete"`` (a :class:`~sdekit.DiscreteVPSDE`'s own timesteps);
+            see :func:`sdekit.sampling.grid.sampling_grid`.  ``None``: the method's default.
+        method_options: options of ``"ddim"`` (``{"eta": 0.5}``) or of a
+            noise-level-family method (e.g. ``{"eta": 0.5, "s_noise": 1.0}`` for ``"euler_ancestral"``, ``{"s_churn": 40, "s_tmin": 0.05, "s_tmax": 50}`` for
+            ``"heun"``); the noise and conditioning arguments are set by ``sample``.
     Returns:
         :class:`SampleResult` with ``x`` of shape ``shape`` and per-sample NFE.
     Raises:
@@ -265,6 +290,22 @@ def sample(
         if method == "ncsn":
             raise ValueError("corrector must be None with method='ncsn' (annealed Langevin is the whole sampler; "
                              "set its steps per level with corrector_steps)")
+    sigma_family = method in SIGMA_SAMPLERS
+    if sigma_family:
+        check_linear(sde, f"method={method!r}")
+    if corrector is not None and sigma_family:
+        raise ValueError(f"corrector must be None with method={method!r} (the noise-level family has no corrector)")
+    if method_options is not None and not sigma_family and method != "ddim":
+        raise ValueError(f"method_options applies to method='ddim' and the noise-level family "
+                         f"{list(SIGMA_SAMPLERS)}, not method={method!r}")
+    if grid is not None:
+        check_choice("grid", grid, GRIDS)
+        if timesteps is not None:
+            raise ValueError("pass either grid= (a named grid) or timesteps= (an explicit one), not both")
+        if method in ("ode", "ncsn"):
+            raise ValueError(f"grid applies to fixed-step methods, not method={method!r}")
+    if capturable and sigma_family:
+        raise ValueError(f"capturable=True needs a predictor method, not method={method!r}")
     check_choice("variance_type", variance_type, ("fixed_small", "fixed_large"))
     if variance_type != "fixed_small" and method != "ancestral":
         raise ValueError(f"variance_type={variance_type!r} needs method='ancestral', got method={method!r}")
@@ -299,11 +340,13 @@ def sample(
         dev, dtype = x_init.device, x_init.dtype
     score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B,
                                               device=dev if method == "ode" else None)
-    if method != "ode":  # fixed-step methods evaluate the whole batch at every call
+    if method != "ode" and not sigma_family:  # fixed-step methods evaluate the whole batch at every call
         score = bind_model_kwargs(score, model_kwargs)
     predictor: AbstractPredictor | None = None
     if method == "ancestral":
         predictor = Ancestral(sde, score, variance_type)
+    elif method == "ddim":
+        predictor = DDIM(sde, score, **_ddim_options(method_options))
     elif method in PREDICTORS:
         predictor = PREDICTORS[method](sde, score)
     if denoise:
@@ -313,15 +356,27 @@ def sample(
     if method == "ode":
         seed = _resolve_seed(seed, generator, capturable)
         x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, capturable)
-        grid = time_grid(sde, steps, eps, timesteps, device="cpu")
-        return _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, backend, monitor,
+        return _sample_ode(score, sde, x, time_grid(sde, steps, eps, timesteps, device="cpu"), denoise, rtol, atol, max_steps, progress, backend, monitor,
                            model_kwargs)
-    if method == "dpmpp_2m":
-        grid = logsnr_grid(sde, steps, eps) if timesteps is None else time_grid(sde, steps, eps, timesteps)
-        x = _initial_state(sde, shape, x_init, _resolve_seed(seed, generator, False), idx, dev, dtype, backend, False)
-        x, nfe = sample_dpmpp_2m(score, sde, x, grid, denoise, monitor)
+    if method == "dpmpp_2m" or sigma_family:
+        if timesteps is not None:
+            times = time_grid(sde, steps, eps, timesteps)
+        elif method == "dpmpp_2m" and grid is None:
+            times = logsnr_grid(sde, steps, eps)
+        else:
+            times = sampling_grid(sde, steps, eps, grid or SIGMA_SAMPLERS[method].grid)
+        seed = _resolve_seed(seed, generator, False)
+        x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, False)
+        if sigma_family:
+            x, nfe = sample_sigma_family(method, score, sde, x, times, denoise=denoise, seed=seed, sample_index=idx,
+                                         model_kwargs=model_kwargs, method_options=method_options,
+                                         progress=progress, monitor=monitor)
+            if monitor is not None:
+                x = monitor.fill_nan(x)
+        else:
+            x, nfe = sample_dpmpp_2m(score, sde, x, times, denoise, monitor)
         full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)
-        return SampleResult(x=x, nfe=full(nfe), steps=full(grid.numel() - 1))
+        return SampleResult(x=x, nfe=full(nfe), steps=full(times.numel() - 1))
 
     fix: AbstractCorrector | None = None
     if corrector is not None:
@@ -330,7 +385,7 @@ def sample(
             fix = Langevin(sde, score, snr, corrector_steps, norm=norm)
         else:
             fix = CORRECTORS[corrector](sde, score, snr, corrector_steps)
-    plan = _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise)
+    plan = _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise, grid)
     x = _initial_state(sde, shape, x_init, plan.seed, idx, dev, dtype, backend, capturable)
     x = run_plan(plan, x, score, predictor, fix, idx, backend, progress=progress, monitor=monitor)
     if monitor is not None:
@@ -339,6 +394,18 @@ def sample(
     nfe = n * (1 + plan.corrector_steps) + (plan.denoise is not None)
     full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)
     return SampleResult(x=x, nfe=full(nfe), steps=full(n))
+
+
+def _ddim_options(method_options) -> dict:
+    """``method_options`` of ``method="ddim"``: at most ``{"eta": η}``."""
+    if method_options is None:
+        return {}
+    if not isinstance(method_options, dict):
+        raise TypeError(f"method_options must be a dict of the method's options, got {type(method_options).__name__}")
+    unknown = sorted(set(method_options) - {"eta"})
+    if unknown:
+        raise TypeError(f"method_options {unknown} are not options of method='ddim'; it takes ['eta']")
+    return dict(method_options)
 
 
 @dataclass(frozen=True)
@@ -365,14 +432,15 @@ class StepPlan:
 
 
 @compiler_disable
-def _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise) -> StepPlan:
+def _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise,
+          kind: str | None = None) -> StepPlan:
     """Build the :class:`StepPlan` on the host (float64 CPU tensors, converted to Python floats once).
 
     Excluded from ``torch.compile`` tracing: it is host work by design, done
     before the loop; under ``torch.compile`` it is the one graph break.
     """
     seed = _resolve_seed(seed, generator, capturable)
-    grid = time_grid(sde, steps, eps, timesteps, device="cpu")
+    grid = time_grid(sde, steps, eps, timesteps, device="cpu") if kind is None else sampling_grid(sde, steps, eps, kind)
     n = grid.numel() - 1
     K = fix.n_steps if fix is not None else 0
     if n * (K + 1) >= 2**32:
