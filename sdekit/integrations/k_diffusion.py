@@ -55,12 +55,14 @@ from ._k_diffusion_support import (
     setup,
     step_noise,
 )
+from .k_diffusion_deis import sample_deis
 from .k_diffusion_multistep import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_lms
 from .k_diffusion_singlestep import sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral
 from .k_diffusion_unipc import sample_unipc
 
 __all__ = [
     "denoiser_score",
+    "sample_deis",
     "sample_dopri5",
     "sample_dpm_2",
     "sample_dpm_2_ancestral",

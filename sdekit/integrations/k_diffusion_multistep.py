@@ -90,12 +90,22 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         TypeError: on a non-integer ``order``, a non-callable model or non-mapping ``extra_args``.
     """
     order = check_positive_int("order", order)
+    return slope_multistep(model, x, sigmas, extra_args, callback, disable, lambda v: lms_coefficients(v, order))
+
+
+def slope_multistep(model, x, sigmas, extra_args, callback, disable, coefficients):
+    """The loop of a linear multistep method on the flow slopes: ``x ← x + Σ_j c_ij ε_{i−j}``.
+
+    ``coefficients(values)`` gives the weights per step (newest slope first)
+    from the host copy of ``sigmas``; ``ε_k = (x_k − D(x_k, σ_k))/σ_k``.
+    """
     denoiser, _, flow, values, kw = setup(model, x, sigmas, extra_args)
-    weights = lms_coefficients(values, order)
+    weights = coefficients(values)
+    depth = max((len(w) for w in weights), default=1)
     ones = x.new_ones([x.shape[0]])
     slopes = []  # ε of the last steps, newest first
     for i in trange(len(values) - 1, disable=disable):
-        slopes = [flow.drift(x, sigmas[i] * ones, **kw)] + slopes[:order - 1]
+        slopes = [flow.drift(x, sigmas[i] * ones, **kw)] + slopes[:depth - 1]
         report(callback, x, i, sigmas[i], sigmas[i], denoiser.last)
         x = x + sum(w * s for w, s in zip(weights[i], slopes))
     return x

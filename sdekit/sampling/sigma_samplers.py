@@ -58,6 +58,9 @@ SIGMA_SAMPLERS: dict[str, SigmaSampler] = {
                                        "Lu et al. 2022b, Alg. 1 with ancestral noise (k-diffusion)"),
     "dpmpp_3m": SigmaSampler("sample_dpmpp_3m_sde", "logsnr", {"eta": 0.0}, 2,
                              "Lu et al. 2022b, multistep data prediction, 3M (order 3 after a first-order start)"),
+    "deis": SigmaSampler("sample_deis", "logsnr", {}, 2,
+                         "Zhang & Chen 2023 (DEIS), §4, tAB in log rho, order 3; order 2 overall because of "
+                         "its first-order start"),
     "unipc": SigmaSampler("sample_unipc", "logsnr", {}, 2,
                           "Zhao et al. 2023 (UniPC), Algs. 1-2, bh2, order 2 (+ corrector); order 2 overall "
                           "because the last step is first order (lower_order_final)"),
