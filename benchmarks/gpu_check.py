@@ -17,7 +17,7 @@ to ``--out`` after every part, so a run cut short still leaves a report:
    float32 elements (2^28 in full mode when memory allows; 2^16, 2^20, 2^24, 2^26
    under ``--quick``): device copy (``dst.copy_(src)``), the Triton kernel, the
    eager PyTorch step and ``torch.compile`` of it (the variants and minimal-byte
-   counts of ``benchmarks/kernels.py``), plus, in full mode, the keyed PyTorch
+   counts of ``benchmarks/kernel_bandwidth.py``), plus, in full mode, the keyed PyTorch
    reference ``affine_update_ref``.  CUDA events around each call, warm-up, the L2
    cache flushed between repeats; min and median of the repeats; GB/s from the
    minimal bytes and the ratios fused / copy, eager / fused, compiled / fused.

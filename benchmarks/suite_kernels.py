@@ -1,6 +1,6 @@
 """Kernels suite (CUDA GPU only): the fused sampling steps against a device copy, eager PyTorch and torch.compile.
 
-The work of ``benchmarks/kernels.py`` (see its docstring for the steps and the
+The work of ``benchmarks/kernel_bandwidth.py`` (see its docstring for the steps and the
 byte counts) at 2^20, 2^24 and 2^26 elements (2^16 and 2^20 under ``--quick``),
 float32, batch 16.  Each variant is timed by ``triton.testing.do_bench``
 (median over repeats after warm-up) inside the measurement, and the result is
@@ -27,10 +27,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the kerne
 
 
 def _kernels_script():
-    """``benchmarks/kernels.py`` by path (the name ``kernels`` is also the repository's kernel package)."""
+    """``benchmarks/kernel_bandwidth.py`` by path (``benchmarks/`` is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("kernels_benchmark", Path(__file__).with_name("kernels.py"))
+    spec = importlib.util.spec_from_file_location("kernels_benchmark", Path(__file__).with_name("kernel_bandwidth.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -13,7 +13,7 @@ import torch
 from sdekit.solvers.adams import quadrature_weights
 from sdekit.solvers.adaptive import ToleranceNotMetError
 from sdekit.solvers.fixed_grid import solve_fixed_grid, uniform_grid
-from sdekit.solvers.rk import rk_combine, rk_stages
+from sdekit.solvers.rk import rk_advance, rk_stages
 from sdekit.solvers.tableaus import EULER, FIXED_STEP_METHODS, RK4, TABLEAUS
 from sdekit.testing import fit_order
 from sdekit.testing.ode_problems import LOGISTIC, YCOS
@@ -255,7 +255,7 @@ def test_step_matches_generic_stepper(name):
     r = solve_fixed_grid(lambda t, y: func(t, y), y0, torch.tensor([t0, t0 + h], **f64), tab)
     hb = torch.tensor([h], **f64)
     ks = rk_stages(func, tab, torch.tensor([t0], **f64), y0[None], hb)
-    torch.testing.assert_close(r.ys[1], rk_combine(y0[None], ks, hb, tab.b)[0], rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(r.ys[1], rk_advance(y0[None], ks, hb, tab.b)[0], rtol=1e-15, atol=1e-15)
     assert r.nfe == tab.stages
 
 

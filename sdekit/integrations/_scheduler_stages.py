@@ -13,7 +13,7 @@ import torch
 
 from .._checks import expand_as_batch
 from ..sampling.correctors import CORRECTORS
-from ..sampling.predictors import DDIM, PREDICTORS
+from ..sampling.predictors import PREDICTORS, DDIMPredictor
 from ..score_models import score_from_x0
 
 
@@ -70,7 +70,7 @@ def predict(cfg, sde, score, sample, t_i, t_next, noise, last: bool, eta: float 
     drawn (as ``DDIMScheduler``, so a ``generator`` is not advanced).
     """
     frozen = Frozen(score)
-    predictor = DDIM(sde, frozen, eta) if cfg.method == "ddim" else PREDICTORS[cfg.method](sde, frozen)
+    predictor = DDIMPredictor(sde, frozen, eta) if cfg.method == "ddim" else PREDICTORS[cfg.method](sde, frozen)
     quiet = last or (cfg.method == "ddim" and eta == 0.0)
     z = torch.zeros_like(sample) if quiet else noise()
     if cfg.method == "ancestral" and cfg.variance_type in ("fixed_large", "fixed_large_log"):

@@ -12,10 +12,10 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 =====================  =====================================================  ==========
 ``method``             stage(s) per interval ``t_i → t_{i+1}``                 ``order``
 =====================  =====================================================  ==========
-``ancestral``          :class:`sdekit.sampling.Ancestral` (DDPM's posterior)   1
-``euler_maruyama``     :class:`sdekit.sampling.EulerMaruyama` (reverse SDE)   1
-``reverse_diffusion``  :class:`sdekit.sampling.ReverseDiffusion`              1
-``ddim``               :class:`sdekit.sampling.DDIM` (``step(..., eta=η)``)    1
+``ancestral``          :class:`~sdekit.sampling.AncestralSamplingPredictor`   1
+``euler_maruyama``     :class:`~sdekit.sampling.EulerMaruyamaPredictor`       1
+``reverse_diffusion``  :class:`~sdekit.sampling.ReverseDiffusionPredictor`    1
+``ddim``               :class:`~sdekit.sampling.DDIMPredictor`, step(eta=η)   1
 ``ode_euler``          Euler step of the probability-flow ODE                 1
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
 ``dpmpp_2m``           DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2)        1

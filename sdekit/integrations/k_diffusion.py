@@ -41,7 +41,7 @@ from tqdm.auto import trange
 from .._checks import check_finite, check_model_output, check_positive, check_positive_int, expand_as_batch
 from ..conditioning import bind_model_kwargs, flatten_model_kwargs
 from ..sampling.dpm_solver import dpmpp_2m_coefficients
-from ..sampling.predictors import DDIM, Ancestral
+from ..sampling.predictors import AncestralSamplingPredictor, DDIMPredictor
 from ..score_models import score_from_denoiser
 from ..sdes.edm import EDMSDE
 from ..solvers.adaptive import solve_adaptive
@@ -183,10 +183,10 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     """Ancestral sampling: an Euler step of the flow to ``σ_down``, then fresh noise of size ``σ_up``.
 
     With ``eta = 1`` this is exactly the Gaussian posterior ``q(x_{σ'} | x_σ, D)``
-    of the VE SDE, i.e. sdekit's :class:`~sdekit.sampling.Ancestral` predictor
+    of the VE SDE, i.e. sdekit's :class:`~sdekit.sampling.AncestralSamplingPredictor`
     on :class:`~sdekit.EDMSDE` (Song et al. 2021, eq. 47), which is what runs;
     ``σ_up² = σ'² (σ² − σ'²)/σ²``, ``σ_down² = σ'² − σ_up²``.  Other ``eta``
-    run sdekit's :class:`~sdekit.sampling.DDIM` predictor (Song, Meng & Ermon
+    run sdekit's :class:`~sdekit.sampling.DDIMPredictor` (Song, Meng & Ermon
     2021, eqs. 12/16) on :class:`~sdekit.EDMSDE`, which is k-diffusion's
     Euler step to ``σ_down`` plus ``σ_up`` noise (``0`` = DDIM, an Euler step of
     the probability flow).  No noise is added on a step to ``σ = 0``.
@@ -213,7 +213,8 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     denoiser, score, _, values, kw = setup(model, x, sigmas, extra_args)
     ones = x.new_ones([x.shape[0]])
     bound = bind_model_kwargs(score, kw)  # fixed steps: the whole batch every call
-    step = Ancestral(SDE, bound) if eta == 1.0 else DDIM(SDE, bound, eta)  # the same law at η = 1
+    # the same law at η = 1; the posterior form there is k-diffusion's bitwise-tested default
+    step = AncestralSamplingPredictor(SDE, bound) if eta == 1.0 else DDIMPredictor(SDE, bound, eta)
     for i in trange(len(values) - 1, disable=disable):
         sigma, sigma_next = sigmas[i] * ones, sigmas[i + 1] * ones
         z = torch.zeros_like(x) if values[i + 1] == 0 else draw(i) * s_noise

@@ -6,18 +6,31 @@ from .grid import time_grid
 from .grid_optimizer import GridOptimizationInfo, karras_sigmas, optimize_sigmas
 from .langevin_mcmc import LangevinResult, langevin_mcmc
 from .ncsn import ncsn_levels, sample_ncsn
-from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
+from .predictors import (
+    DDIM,
+    Ancestral,
+    AncestralSamplingPredictor,
+    DDIMPredictor,
+    EulerMaruyama,
+    EulerMaruyamaPredictor,
+    ReverseDiffusion,
+    ReverseDiffusionPredictor,
+)
 from .sample import SampleResult, sample
 
 __all__ = [
     "DDIM",
     "Ancestral",
+    "AncestralSamplingPredictor",
     "AnnealedLangevin",
+    "DDIMPredictor",
     "EulerMaruyama",
+    "EulerMaruyamaPredictor",
     "GridOptimizationInfo",
     "Langevin",
     "LangevinResult",
     "ReverseDiffusion",
+    "ReverseDiffusionPredictor",
     "SampleResult",
     "karras_sigmas",
     "langevin_mcmc",

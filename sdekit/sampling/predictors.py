@@ -8,8 +8,8 @@ whose coefficients :meth:`AbstractPredictor.coefficients` returns (float64,
 computed once for the whole time grid): that is the form the fused kernel
 :func:`sdekit.kernels.affine_update` implements.  The one exception is
 Euler–Maruyama on a non-linear SDE (or one with element-wise diffusion), whose
-drift is not affine in ``x``: :meth:`EulerMaruyama.coefficients` returns
-``None`` and :meth:`EulerMaruyama.general_step` applies the SDE's drift.
+drift is not affine in ``x``: :meth:`EulerMaruyamaPredictor.coefficients` returns
+``None`` and :meth:`EulerMaruyamaPredictor.general_step` applies the SDE's drift.
 
 :meth:`AbstractPredictor.step` is the single reference step with explicit
 noise ``z``; ``t`` and ``t_next`` are ``(B,)`` float64 there (coefficients are
@@ -70,7 +70,7 @@ class AbstractPredictor(abc.ABC):
         return x_mean + _col(co.c, x) * z, x_mean
 
 
-class EulerMaruyama(AbstractPredictor):
+class EulerMaruyamaPredictor(AbstractPredictor):
     """Euler–Maruyama on the reverse SDE: ``x − (f − g² s) Δ + g √Δ z``, ``Δ = t − t_next``.
 
     Source: Song et al. 2021, Appendix D.1 (``EulerMaruyamaPredictor``).  Works
@@ -124,7 +124,7 @@ class EulerMaruyama(AbstractPredictor):
         return x + (self.sde.drift(x, tx) - g**2 * s) * dt + g * math.sqrt(-dt) * z
 
 
-class ReverseDiffusion(AbstractPredictor):
+class ReverseDiffusionPredictor(AbstractPredictor):
     """Reverse diffusion: ``x_mean = x − f_i + G_i² s``, ``x = x_mean + G_i z``.
 
     Source: Song et al. 2021, eq. 46 (Appendix E).  The forward discretisation
@@ -142,7 +142,7 @@ class ReverseDiffusion(AbstractPredictor):
         return Affine(2 - r, G**2, G, -c)
 
 
-class Ancestral(AbstractPredictor):
+class AncestralSamplingPredictor(AbstractPredictor):
     """Ancestral sampling from the Gaussian posterior ``q(x_s | x_t, x̂_0)``, ``s = t_next``.
 
     ``x̂_0 = (x − c(t) + σ(t)² s)/m(t)`` by Tweedie's formula, then with the
@@ -188,18 +188,18 @@ class Ancestral(AbstractPredictor):
         return Affine(a, b, c, d)
 
 
-class DDIM(AbstractPredictor):
+class DDIMPredictor(AbstractPredictor):
     """DDIM with noise fraction ``η``: ``x_s = α_s x̂_0 + c_s + √(σ_s² − σ_η²) ε̂ + σ_η z``, ``s = t_next``.
 
     Source: Song, Meng & Ermon 2021 ("DDIM"), eq. 12 with ``σ_η`` of eq. 16:
-    ``σ_η² = η² σ_s² G²/σ_t²``, the posterior variance of :class:`Ancestral`
+    ``σ_η² = η² σ_s² G²/σ_t²``, the posterior variance of :class:`AncestralSamplingPredictor`
     times ``η²`` (``G² = σ_t² − r² σ_s²`` from the exact transition
     ``x_t = r x_s + c + G z``).  ``x̂_0 = (x − c_t + σ_t² s)/α_t`` (Tweedie) and
     ``ε̂ = −σ_t s``, so the step is affine:
     ``a = α_s/α_t``, ``b = α_s σ_t²/α_t − σ_t √(σ_s² − σ_η²)``,
     ``d = c_s − α_s c_t/α_t``, ``c = σ_η``.  ``η = 0`` is the deterministic
     DDIM (an Euler step of the probability flow in ``σ/α``, DDIM §4.3),
-    ``η = 1`` DDPM's ancestral step (:class:`Ancestral`, same law).  On the
+    ``η = 1`` DDPM's ancestral step (:class:`AncestralSamplingPredictor`, same law).  On the
     scaled VE process it is k-diffusion's ancestral Euler step
     (:func:`sdekit.integrations.k_diffusion.sample_euler_ancestral`).
 
@@ -227,4 +227,12 @@ class DDIM(AbstractPredictor):
         return Affine(a, a * sig_t**2 - sig_t * keep, noise, sde.mean_offset(t_next) - a * sde.mean_offset(t))
 
 
-PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral, DDIM)}
+PREDICTORS = {cls.name: cls for cls in (EulerMaruyamaPredictor, ReverseDiffusionPredictor, AncestralSamplingPredictor,
+                                        DDIMPredictor)}
+
+#: The short names these classes had before they took score_sde's (``EulerMaruyamaPredictor``, …), kept so
+#: that working programs keep working; ``sdekit.solvers.sde.EulerMaruyama`` is the forward SDE solver.
+EulerMaruyama = EulerMaruyamaPredictor
+ReverseDiffusion = ReverseDiffusionPredictor
+Ancestral = AncestralSamplingPredictor
+DDIM = DDIMPredictor

@@ -30,7 +30,7 @@ from .denoise import check_denoisable, tweedie_coefficients
 from .dpm_solver import _check_linear as check_linear
 from .dpm_solver import logsnr_grid, sample_dpmpp_2m
 from .grid import GRIDS, sampling_grid, time_grid
-from .predictors import DDIM, PREDICTORS, AbstractPredictor, Ancestral
+from .predictors import PREDICTORS, AbstractPredictor, AncestralSamplingPredictor, DDIMPredictor
 from .sigma_samplers import SIGMA_SAMPLERS, sample_sigma_family
 
 METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m", "ncsn") + tuple(SIGMA_SAMPLERS)
@@ -178,7 +178,7 @@ def sample(
         shape: ``(B, *D)``, batch included.
         method: predictor ``"euler_maruyama"`` | ``"reverse_diffusion"`` |
             ``"ancestral"`` | ``"ddim"`` (Song, Meng & Ermon 2021, eqs. 12/16,
-            :class:`~sdekit.sampling.DDIM`; ``method_options={"eta": η}``,
+            :class:`~sdekit.sampling.DDIMPredictor`; ``method_options={"eta": η}``,
             default 0), ``"ode"`` for the adaptive probability flow, or
             ``"dpmpp_2m"`` for DPM-Solver++(2M) on the probability flow (linear
             SDEs; Lu et al. 2022b, Algorithm 2; :mod:`sdekit.sampling.dpm_solver`),
@@ -249,7 +249,7 @@ def sample(
         variance_type: ``method="ancestral"`` only: ``"fixed_small"`` (default,
             DDPM's posterior variance β̃_t) or ``"fixed_large"`` (DDPM's β_t, the
             forward transition's variance; diffusers' names), see
-            :class:`~sdekit.sampling.Ancestral`.
+            :class:`~sdekit.sampling.AncestralSamplingPredictor`.
         step_lr: ``method="ncsn"`` only: ``ε`` of the annealed step
             ``α_i = ε σ_i²/σ_L²``.
         grid: the time grid of a fixed-step method (not with ``timesteps``):
@@ -344,9 +344,9 @@ def sample(
         score = bind_model_kwargs(score, model_kwargs)
     predictor: AbstractPredictor | None = None
     if method == "ancestral":
-        predictor = Ancestral(sde, score, variance_type)
+        predictor = AncestralSamplingPredictor(sde, score, variance_type)
     elif method == "ddim":
-        predictor = DDIM(sde, score, **_ddim_options(method_options))
+        predictor = DDIMPredictor(sde, score, **_ddim_options(method_options))
     elif method in PREDICTORS:
         predictor = PREDICTORS[method](sde, score)
     if denoise:

@@ -25,7 +25,7 @@ class SigmaSampler(NamedTuple):
     Attributes:
         function: name of the k-diffusion-signature function in :mod:`sdekit.integrations.k_diffusion`.
         grid: the default time grid (:data:`sdekit.sampling.grid.GRIDS`), its paper's.
-        defaults: options that differ from the function's own defaults (e.g. DDIM's ``eta = 0``).
+        defaults: options that differ from the function's own defaults (e.g. ``eta = 0`` for a deterministic variant).
         order: global order in the step of the deterministic sampler at its defaults
             (start-up steps included), ``None`` for a stochastic one.
         source: paper and algorithm.

@@ -41,7 +41,7 @@ from ..kernels.backend import resolve_backend
 from ..kernels.rk import rk_combine_triton
 from .controller import PI_CONTROLLER, StepController, batch_invariant_pow
 from .events import EventSpec, locate
-from .rk import _stages, fsal_reuses_last_stage, rk_combine, rk_interpolate, weighted_sum
+from .rk import _stages, fsal_reuses_last_stage, rk_advance, rk_interpolate, weighted_sum
 from .tableaus import DOPRI5, ButcherTableau
 
 #: Failure codes of :attr:`AdaptiveSolution.failure`.
@@ -300,7 +300,7 @@ def _combine(tableau, yi, ks, step, rtol, atol, fused, norm, y_new=None, hb=None
         y_new, err = rk_combine_triton(yi, ks, tableau.b, tableau.b_error, step, rtol, atol)
         return y_new, err.to(yi.dtype)
     if y_new is None:
-        y_new = rk_combine(yi, ks, step, tableau.b)
+        y_new = rk_advance(yi, ks, step, tableau.b)
     error = (expand_as_batch(step, yi) if hb is None else hb) * weighted_sum(ks, tableau.b_error)
     return y_new, norm(error / (atol + rtol * torch.maximum(yi.abs(), y_new.abs())))
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .rk import rk_combine, rk_stages
+from .rk import rk_advance, rk_stages
 from .tableaus import ButcherTableau
 
 
@@ -35,7 +35,7 @@ def solve_fixed(func, y0: torch.Tensor, times, tableau: ButcherTableau, step_siz
         hv = torch.full((B,), h, dtype=y0.dtype, device=y0.device)
         for j in range(n):
             t = torch.full((B,), a + j * h, dtype=y0.dtype, device=y0.device)
-            y = rk_combine(y, rk_stages(func, tableau, t, y, hv, None, args), hv, tableau.b)
+            y = rk_advance(y, rk_stages(func, tableau, t, y, hv, None, args), hv, tableau.b)
             nfe += tableau.stages
         ys.append(y)
     return torch.stack(ys), nfe

@@ -65,7 +65,7 @@ def rk_stages(func, tableau: ButcherTableau, t, y, h, k_first=None, args=(), t_e
     return _stages(func, tableau, t, y, h, k_first, args, t_end, expand_as_batch(h, y))[0]
 
 
-def rk_combine(y, ks, h, weights):
+def rk_advance(y, ks, h, weights):
     """``y + h Σᵢ wᵢkᵢ`` with per-sample ``h`` ``(b,)``."""
     incr = weighted_sum(ks, weights)
     return y if incr is None else y + expand_as_batch(h, y) * incr

@@ -1,6 +1,6 @@
 """Fused sampling kernels against the memory-bandwidth limit, eager PyTorch and torch.compile, in one run.
 
-    python benchmarks/kernels.py [--dtype float32] [--min-log2 16] [--max-log2 28] [--batch 16]
+    python benchmarks/kernel_bandwidth.py [--dtype float32] [--min-log2 16] [--max-log2 28] [--batch 16]
 
 For each step and size (2^16 … 2^28 elements, ``--batch`` samples) it times,
 with ``triton.testing.do_bench`` (median over repeats, after warm-up):
@@ -140,7 +140,7 @@ def write_results(rows, args, torch, out_dir: Path) -> Path:
     lines = [
         f"# sdekit kernels: {dev}, {args.dtype}, {today}",
         "",
-        f"`python benchmarks/kernels.py --dtype {args.dtype} --min-log2 {args.min_log2} --max-log2 {args.max_log2} "
+        f"`python benchmarks/kernel_bandwidth.py --dtype {args.dtype} --min-log2 {args.min_log2} --max-log2 {args.max_log2} "
         f"--batch {args.batch}`" + (" (smoke test: CPU interpreter, numbers meaningless)" if args.smoke else ""),
         f"torch {torch.__version__}, triton {__import__('triton').__version__}; median of do_bench; "
         "GB/s from minimal bytes (inputs read once, outputs written once).",
@@ -202,13 +202,13 @@ def main(argv=None) -> int:
     import torch
 
     if not args.smoke and not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+        print("benchmarks/kernel_bandwidth.py needs a CUDA GPU (torch.cuda.is_available() is False); "
               "use --smoke to check the script on the CPU.", file=sys.stderr)
         return 2
     import sdekit.kernels as K
 
     if not K.HAS_TRITON or (args.smoke and not K.INTERPRETED):
-        print("benchmarks/kernels.py needs Triton (pip install 'sdekit[triton]')"
+        print("benchmarks/kernel_bandwidth.py needs Triton (pip install 'sdekit[triton]')"
               + (" and TRITON_INTERPRET=1 before sdekit is imported (--smoke)" if args.smoke else ""), file=sys.stderr)
         return 2
     dtype = getattr(torch, DTYPES[args.dtype])
