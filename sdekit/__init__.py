@@ -33,7 +33,7 @@ def _attach_source_kernels() -> None:
     """Map ``sdekit.kernels`` to the repository's top-level ``kernels/`` when running from a checkout.
 
     Installed (wheel or editable), setuptools maps ``sdekit.kernels`` to
-    ``kernels/`` (``package_dir`` in setup.py) and this does nothing.  With
+    ``kernels/`` (``package-dir`` in pyproject.toml) and this does nothing.  With
     ``PYTHONPATH=.`` and no install, ``sdekit/kernels`` does not exist, so the
     folder beside the package is loaded under the name ``sdekit.kernels``
     (never as a top-level ``kernels`` module).

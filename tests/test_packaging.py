@@ -1,6 +1,5 @@
 """The top-level kernels/ folder is importable and installed only as sdekit.kernels."""
 
-import runpy
 import sys
 from pathlib import Path
 
@@ -11,13 +10,18 @@ import sdekit.kernels
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_setup_maps_kernels_under_sdekit_only(monkeypatch):
-    pytest.importorskip("setuptools")
-    monkeypatch.chdir(ROOT)  # find_packages scans the working directory
-    cfg = runpy.run_path(str(ROOT / "setup.py"), run_name="setup_config_check")  # does not call setup()
-    assert "sdekit.kernels" in cfg["PACKAGES"] and "sdekit.sampling" in cfg["PACKAGES"]
-    assert all(p == "sdekit" or p.startswith("sdekit.") for p in cfg["PACKAGES"]), cfg["PACKAGES"]
-    assert cfg["PACKAGE_DIR"] == {"sdekit.kernels": "kernels"}
+def _setuptools_config() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_pyproject_lists_every_package_and_maps_kernels_under_sdekit_only():
+    cfg = _setuptools_config()
+    assert cfg["package-dir"] == {"sdekit.kernels": "kernels"}
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sdekit").rglob("__init__.py")}
+    assert set(cfg["packages"]) == on_disk | {"sdekit.kernels"}
+    assert all(p == "sdekit" or p.startswith("sdekit.") for p in cfg["packages"])
+    assert not (ROOT / "setup.py").exists()  # pyproject.toml is the one packaging file
 
 
 def test_sdekit_kernels_is_the_kernels_folder_and_no_top_level_module_is_created():
