@@ -104,9 +104,9 @@ def dpmpp_2m(co, i: int, sample, x0, x0_prev, last: bool):
     """
     if last:
         return x0
-    r = co["r"][i]
+    r = co.r[i]
     d = x0 if x0_prev is None or r is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-    return co["ratio"][i] * (sample - co["offset"][i]) + co["phi"][i] * d + co["offset"][i + 1]
+    return co.ratio[i] * (sample - co.offset[i]) + co.phi[i] * d + co.offset[i + 1]
 
 
 def summary(values) -> str:

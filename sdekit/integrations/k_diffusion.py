@@ -311,8 +311,8 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
         if values[i + 1] == 0:  # σ_{i+1}/σ_i = 0 and 1 − e^{−h} = 1: the last step returns D
             x = x0
         else:
-            r = co["r"][i]
+            r = co.r[i]
             d = x0 if r is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-            x = co["ratio"][i] * x + co["phi"][i] * d
+            x = co.ratio[i] * x + co.phi[i] * d
         x0_prev = x0
     return x

@@ -234,12 +234,12 @@ def _sde_steps(grid: list[float], eta: float, order: int, midpoint: bool):
     co = dpmpp_2m_coefficients(SDE, sigma)  # ratio σ_{i+1}/σ_i, r_i = h_{i−1}/h_i (λ checked to increase)
     h = log_snr(SDE, sigma[1:]) - log_snr(SDE, sigma[:-1])
     h_hat = (1 + eta) * h
-    decay = (torch.tensor(co["ratio"], dtype=torch.float64) * torch.exp(-eta * h)).tolist()
+    decay = (torch.tensor(co.ratio, dtype=torch.float64) * torch.exp(-eta * h)).tolist()
     phi1 = -torch.expm1(-h_hat)
     phi2 = 1 - phi1 / h_hat
     phi3 = phi2 / h_hat - 0.5
     noise = (sigma[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist()
-    phi1_, phi2_, phi3_, r = phi1.tolist(), phi2.tolist(), phi3.tolist(), co["r"]
+    phi1_, phi2_, phi3_, r = phi1.tolist(), phi2.tolist(), phi3.tolist(), co.r
     steps = []
     for i in range(len(h)):
         p1, p2, p3 = phi1_[i], phi2_[i], phi3_[i]

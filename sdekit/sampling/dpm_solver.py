@@ -23,6 +23,8 @@ globally second order in the step ``h``.  Default grid: uniform in ``λ``
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .._checks import check_positive_int
@@ -90,16 +92,34 @@ def logsnr_grid(sde, steps: int, eps: float) -> torch.Tensor:
     return grid
 
 
-def dpmpp_2m_coefficients(sde, grid: torch.Tensor):
+class DPMSolverCoefficients(NamedTuple):
+    """Per-step scalars of DPM-Solver++(2M) on a grid of ``N + 1`` times (Python floats, float64).
+
+    Attributes:
+        ratio: ``σ_{i+1}/σ_i`` (``N``).
+        phi: ``−α_{i+1} (e^{−h_i} − 1)`` (``N``).
+        r: ``h_{i−1}/h_i``, ``None`` for the first step (``N``).
+        alpha, sigma, offset: ``α(t_i)``, ``σ(t_i)``, ``c(t_i)`` (``N + 1`` each).
+    """
+
+    ratio: list
+    phi: list
+    r: list
+    alpha: list
+    sigma: list
+    offset: list
+
+
+def dpmpp_2m_coefficients(sde, grid: torch.Tensor) -> DPMSolverCoefficients:
     """Per-step scalars of DPM-Solver++(2M) on ``grid`` (Lu et al. 2022b, Algorithm 2).
 
     Args:
         sde: a linear SDE.
         grid: ``(N + 1,)`` float64 strictly decreasing times with ``σ > 0`` on all of them.
     Returns:
-        Python-float lists: ``ratio[i] = σ_{i+1}/σ_i``, ``phi[i] = −α_{i+1} (e^{−h} − 1)``,
-        ``r[i] = h_{i−1}/h_i`` (``None`` for the first step), and the
-        per-time ``alpha``, ``sigma``, ``offset`` (``N + 1`` each), for steps ``i = 0 … N−1``.
+        :class:`DPMSolverCoefficients` (Python-float lists): ``ratio[i] = σ_{i+1}/σ_i``,
+        ``phi[i] = −α_{i+1} (e^{−h} − 1)``, ``r[i] = h_{i−1}/h_i`` (``None`` for the first step),
+        and the per-time ``alpha``, ``sigma``, ``offset`` (``N + 1`` each), for steps ``i = 0 … N−1``.
     Raises:
         ValueError: if ``λ`` is not finite on the grid (``σ(t) = 0``) or does not increase along it.
     """
@@ -113,8 +133,8 @@ def dpmpp_2m_coefficients(sde, grid: torch.Tensor):
     alpha, sigma = sde.mean_coeff(grid), sde.std(grid)
     phi = -alpha[1:] * torch.expm1(-h)
     r = [None] + (h[:-1] / h[1:]).tolist()
-    return {"ratio": (sigma[1:] / sigma[:-1]).tolist(), "phi": phi.tolist(), "r": r, "alpha": alpha.tolist(),
-            "sigma": sigma.tolist(), "offset": sde.mean_offset(grid).tolist()}
+    return DPMSolverCoefficients((sigma[1:] / sigma[:-1]).tolist(), phi.tolist(), r, alpha.tolist(), sigma.tolist(),
+                                 sde.mean_offset(grid).tolist())
 
 
 def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bool = True, monitor=None):
@@ -147,19 +167,19 @@ def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bo
 
     def data_prediction(x, i):  # x̂_0 = (x − c + σ² s)/α at t_i
         t = torch.full((B,), times[i], dtype=x.dtype, device=x.device)
-        return (x - co["offset"][i] + co["sigma"][i] ** 2 * score(x, t)) / co["alpha"][i]
+        return (x - co.offset[i] + co.sigma[i] ** 2 * score(x, t)) / co.alpha[i]
 
-    y = x - co["offset"][0]
+    y = x - co.offset[0]
     x0_prev = None
     for i in range(len(times) - 1):
-        x0 = data_prediction(y + co["offset"][i], i)
-        r = co["r"][i]
+        x0 = data_prediction(y + co.offset[i], i)
+        r = co.r[i]
         d = x0 if x0_prev is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        y = co["ratio"][i] * y + co["phi"][i] * d
+        y = co.ratio[i] * y + co.phi[i] * d
         x0_prev = x0
         if monitor is not None:
-            monitor.after_step(i, times[i + 1], y + co["offset"][i + 1])
-    x = y + co["offset"][-1]
+            monitor.after_step(i, times[i + 1], y + co.offset[i + 1])
+    x = y + co.offset[-1]
     nfe = len(times) - 1
     if denoise:
         x = data_prediction(x, len(times) - 1)
