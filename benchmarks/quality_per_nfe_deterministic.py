@@ -30,7 +30,8 @@ i.e. 5, 9 and 19 evaluations.
 Rows:
 
 * sdekit (:mod:`sdekit.integrations.k_diffusion`): ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m`` and,
-  where this sdekit has them, ``sample_lms`` and ``sample_dpmpp_3m_sde`` (eta = 0), each on the Karras ρ = 7 grid,
+  where this sdekit has them, ``sample_lms``, ``sample_dpmpp_3m_sde`` (eta = 0), ``sample_unipc`` (bh2, order 2
+  and 3) and ``sample_deis`` (order 3), each on the Karras ρ = 7 grid,
   on the exponential grid (uniform in log σ, which in the VE parameterisation *is* the uniform log-SNR grid of
   DPM-Solver, λ = −log σ) and on the grid of :func:`sdekit.sampling.optimize_sigmas` for that sampler and step
   count (its defaults: ``init="screen"`` — the best of Karras ρ = 7, 2, 3, 5, 10, 20 and exponential on the
@@ -176,6 +177,11 @@ def sdekit_samplers() -> dict:
         out["lms"] = (skd.sample_lms, "one")
     if hasattr(skd, "sample_dpmpp_3m_sde"):
         out["dpmpp_3m (eta=0)"] = (functools.partial(skd.sample_dpmpp_3m_sde, eta=0.0), "one")
+    if hasattr(skd, "sample_unipc"):
+        out["unipc bh2 p=2"] = (skd.sample_unipc, "one")
+        out["unipc bh2 p=3"] = (functools.partial(skd.sample_unipc, order=3), "one")
+    if hasattr(skd, "sample_deis"):
+        out["deis p=3"] = (skd.sample_deis, "one")
     return out
 
 
@@ -446,7 +452,8 @@ def write_report(results, cfg, quick, out: Path, elapsed: float, grid_check: flo
               "sdekit's).  Goal: sdekit / peer ≤ 0.8 at NFE 5 and 10, ≤ 1 at NFE 20."), "", table, "",
              ("Read with it: (1) the best of the three samplers the task named (euler, heun, dpmpp_2m; "
               "standard or optimised grids) against the same best peer — the rows above that beat the peers "
-              "are sdekit's lms and dpmpp_3m on optimised grids; (2) the *median* per-sample error, a robust "
+              "are sdekit's higher-order multistep samplers (lms, dpmpp_3m, unipc, deis) on optimised grids; "
+              "(2) the *median* per-sample error, a robust "
               "view the goal does not use: the optimiser minimises the mean squared error, which the few "
               "hardest starts dominate, and it can trade typical-start accuracy for them."), "", companion, ""]
     for res in results:
