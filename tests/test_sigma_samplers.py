@@ -245,3 +245,23 @@ def test_predictors_take_a_named_grid():
     c = sdekit.sample(gaussian_score(sde), sde, (4, 2), method="ancestral", steps=8, seed=1, grid="uniform")
     d = sdekit.sample(gaussian_score(sde), sde, (4, 2), method="ancestral", steps=8, seed=1)
     assert torch.equal(c.x, d.x)
+
+
+@pytest.mark.parametrize("method", ["heun", "unipc", "dpmpp_3m_sde"])
+def test_monitor_marks_the_faulted_row_and_keeps_the_others(method):
+    from sdekit.faults import NonFiniteMonitor
+
+    sde = sdekit.VPSDE()
+    base = gaussian_score(sde)
+
+    def score(x, t):  # row 1 becomes NaN below t = 0.3
+        out = base(x, t)
+        bad = (torch.arange(x.shape[0]) == 1) & (t < 0.3)
+        return torch.where(bad[:, None], torch.full_like(out, math.nan), out)
+
+    monitor = NonFiniteMonitor(torch.arange(4))
+    out = sdekit.sample(score, sde, (4, 2), method=method, steps=8, seed=0, monitor=monitor)
+    clean = sdekit.sample(base, sde, (4, 2), method=method, steps=8, seed=0)
+    assert torch.isnan(out.x[1]).all() and torch.equal(out.x[[0, 2, 3]], clean.x[[0, 2, 3]])
+    faults = monitor.faults()
+    assert [f.sample_index for f in faults] == [1] and 0 <= faults[0].step < 9

@@ -281,6 +281,101 @@ def sample(
     shape = _check_shape(shape)
     check_sde("sde", sde)
     check_choice("method", method, METHODS)
+    _check_method_arguments(sde, method, corrector, corrector_norm, grid, timesteps, capturable, method_options,
+                            variance_type)
+    snr = check_positive("snr", snr)
+    corrector_steps = check_positive_int("corrector_steps", corrector_steps)
+    if timesteps is None:
+        steps = check_positive_int("steps", steps)
+        eps = check_eps(sde, sde.sampling_eps if eps is None else eps)
+    else:  # eps is unused: the grid ends at timesteps[-1]
+        eps = check_real("eps", sde.sampling_eps if eps is None else eps)
+    max_steps = check_positive_int("max_steps", max_steps)
+    if method == "ncsn":
+        if capturable or monitor is not None or timesteps is not None:
+            raise ValueError("method='ncsn' takes no capturable, monitor or timesteps (its levels are "
+                             "steps uniform times T → eps)")
+        from .ncsn import sample_ncsn
+
+        return sample_ncsn(score, sde, shape, n_levels=steps, steps_per_level=corrector_steps, step_lr=step_lr,
+                           eps=eps, denoise=denoise, x_init=x_init, seed=seed, generator=generator,
+                           sample_index=sample_index, model_kwargs=model_kwargs, device=device, dtype=dtype,
+                           backend=backend)
+    B = shape[0]
+    dev = check_device("device", device)  # canonical: "cuda" → "cuda:0"
+    if x_init is not None:
+        check_tensor("x_init", x_init)
+        dev, dtype = x_init.device, x_init.dtype
+    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B,
+                                              device=dev if method == "ode" else None)
+    if method != "ode" and method not in SIGMA_SAMPLERS:  # these evaluate the whole batch at every call
+        score = bind_model_kwargs(score, model_kwargs)
+    predictor = _predictor(method, sde, score, variance_type, method_options) if method in PREDICTORS else None
+    if denoise:
+        check_denoisable(sde)
+    backend = resolve_backend(backend, dev, dtype)
+    idx = _sample_index(sample_index, B, dev, capturable)
+    if method == "ode":
+        seed = _resolve_seed(seed, generator, capturable)
+        x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, capturable)
+        return _sample_ode(score, sde, x, time_grid(sde, steps, eps, timesteps, device="cpu"), denoise, rtol, atol,
+                           max_steps, progress, backend, monitor, model_kwargs)
+    if method == "dpmpp_2m" or method in SIGMA_SAMPLERS:
+        times = _fixed_grid(sde, method, steps, eps, timesteps, grid)
+        seed = _resolve_seed(seed, generator, False)
+        x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, False)
+        if method in SIGMA_SAMPLERS:
+            x, nfe = sample_sigma_family(method, score, sde, x, times, denoise=denoise, seed=seed, sample_index=idx,
+                                         model_kwargs=model_kwargs, method_options=method_options,
+                                         progress=progress, monitor=monitor)
+        else:
+            x, nfe = sample_dpmpp_2m(score, sde, x, times, denoise, monitor)
+        return _result(x, nfe, times.numel() - 1, monitor)
+    fix = _corrector(corrector, sde, score, snr, corrector_steps, corrector_norm)
+    plan = _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise, grid)
+    x = _initial_state(sde, shape, x_init, plan.seed, idx, dev, dtype, backend, capturable)
+    x = run_plan(plan, x, score, predictor, fix, idx, backend, progress=progress, monitor=monitor)
+    n = len(plan.times) - 1
+    return _result(x, n * (1 + plan.corrector_steps) + (plan.denoise is not None), n, monitor)
+
+
+def _result(x, nfe: int, steps: int, monitor) -> SampleResult:
+    """The :class:`SampleResult` of a fixed-step method (NaN where the monitor saw a fault)."""
+    if monitor is not None:
+        x = monitor.fill_nan(x)
+    full = lambda v: torch.full((x.shape[0],), v, dtype=torch.int64, device=x.device)
+    return SampleResult(x=x, nfe=full(nfe), steps=full(steps))
+
+
+def _fixed_grid(sde, method: str, steps, eps, timesteps, grid) -> torch.Tensor:
+    """The time grid of ``dpmpp_2m`` and the noise-level family: explicit, named, or the method's default."""
+    if timesteps is not None:
+        return time_grid(sde, steps, eps, timesteps)
+    if method == "dpmpp_2m" and grid is None:
+        return logsnr_grid(sde, steps, eps)
+    return sampling_grid(sde, steps, eps, grid or SIGMA_SAMPLERS[method].grid)
+
+
+def _predictor(method: str, sde, score, variance_type: str, method_options) -> AbstractPredictor:
+    if method == "ancestral":
+        return AncestralSamplingPredictor(sde, score, variance_type)
+    if method == "ddim":
+        return DDIMPredictor(sde, score, **_ddim_options(method_options))
+    return PREDICTORS[method](sde, score)
+
+
+def _corrector(corrector, sde, score, snr: float, corrector_steps: int, corrector_norm) -> AbstractCorrector | None:
+    if corrector is None:
+        return None
+    if corrector == "langevin":
+        norm = default_norm(sde) if corrector_norm is None else corrector_norm
+        return Langevin(sde, score, snr, corrector_steps, norm=norm)
+    return CORRECTORS[corrector](sde, score, snr, corrector_steps)
+
+
+def _check_method_arguments(sde, method, corrector, corrector_norm, grid, timesteps, capturable, method_options,
+                            variance_type) -> None:
+    """The checks of :func:`sample` that depend on the method: what each family of methods accepts."""
     if corrector is not None:
         check_choice("corrector", corrector, tuple(CORRECTORS))
         if method == "ode":
@@ -315,85 +410,6 @@ def sample(
         raise ValueError("capturable=True needs a predictor method, not method='dpmpp_2m'")
     if corrector_norm is not None:
         check_choice("corrector_norm", corrector_norm, NORM_RULES)
-    snr = check_positive("snr", snr)
-    corrector_steps = check_positive_int("corrector_steps", corrector_steps)
-    if timesteps is None:
-        steps = check_positive_int("steps", steps)
-        eps = check_eps(sde, sde.sampling_eps if eps is None else eps)
-    else:  # eps is unused: the grid ends at timesteps[-1]
-        eps = check_real("eps", sde.sampling_eps if eps is None else eps)
-    max_steps = check_positive_int("max_steps", max_steps)
-    if method == "ncsn":
-        if capturable or monitor is not None or timesteps is not None:
-            raise ValueError("method='ncsn' takes no capturable, monitor or timesteps (its levels are "
-                             "steps uniform times T → eps)")
-        from .ncsn import sample_ncsn
-
-        return sample_ncsn(score, sde, shape, n_levels=steps, steps_per_level=corrector_steps, step_lr=step_lr,
-                           eps=eps, denoise=denoise, x_init=x_init, seed=seed, generator=generator,
-                           sample_index=sample_index, model_kwargs=model_kwargs, device=device, dtype=dtype,
-                           backend=backend)
-    B = shape[0]
-    dev = check_device("device", device)  # canonical: "cuda" → "cuda:0"
-    if x_init is not None:
-        check_tensor("x_init", x_init)
-        dev, dtype = x_init.device, x_init.dtype
-    score, model_kwargs = unbind_conditioning(checked_score(score), model_kwargs, B,
-                                              device=dev if method == "ode" else None)
-    if method != "ode" and not sigma_family:  # fixed-step methods evaluate the whole batch at every call
-        score = bind_model_kwargs(score, model_kwargs)
-    predictor: AbstractPredictor | None = None
-    if method == "ancestral":
-        predictor = AncestralSamplingPredictor(sde, score, variance_type)
-    elif method == "ddim":
-        predictor = DDIMPredictor(sde, score, **_ddim_options(method_options))
-    elif method in PREDICTORS:
-        predictor = PREDICTORS[method](sde, score)
-    if denoise:
-        check_denoisable(sde)
-    backend = resolve_backend(backend, dev, dtype)
-    idx = _sample_index(sample_index, B, dev, capturable)
-    if method == "ode":
-        seed = _resolve_seed(seed, generator, capturable)
-        x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, capturable)
-        return _sample_ode(score, sde, x, time_grid(sde, steps, eps, timesteps, device="cpu"), denoise, rtol, atol, max_steps, progress, backend, monitor,
-                           model_kwargs)
-    if method == "dpmpp_2m" or sigma_family:
-        if timesteps is not None:
-            times = time_grid(sde, steps, eps, timesteps)
-        elif method == "dpmpp_2m" and grid is None:
-            times = logsnr_grid(sde, steps, eps)
-        else:
-            times = sampling_grid(sde, steps, eps, grid or SIGMA_SAMPLERS[method].grid)
-        seed = _resolve_seed(seed, generator, False)
-        x = _initial_state(sde, shape, x_init, seed, idx, dev, dtype, backend, False)
-        if sigma_family:
-            x, nfe = sample_sigma_family(method, score, sde, x, times, denoise=denoise, seed=seed, sample_index=idx,
-                                         model_kwargs=model_kwargs, method_options=method_options,
-                                         progress=progress, monitor=monitor)
-            if monitor is not None:
-                x = monitor.fill_nan(x)
-        else:
-            x, nfe = sample_dpmpp_2m(score, sde, x, times, denoise, monitor)
-        full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)
-        return SampleResult(x=x, nfe=full(nfe), steps=full(times.numel() - 1))
-
-    fix: AbstractCorrector | None = None
-    if corrector is not None:
-        if corrector == "langevin":
-            norm = default_norm(sde) if corrector_norm is None else corrector_norm
-            fix = Langevin(sde, score, snr, corrector_steps, norm=norm)
-        else:
-            fix = CORRECTORS[corrector](sde, score, snr, corrector_steps)
-    plan = _plan(sde, predictor, fix, steps, eps, timesteps, seed, generator, capturable, denoise, grid)
-    x = _initial_state(sde, shape, x_init, plan.seed, idx, dev, dtype, backend, capturable)
-    x = run_plan(plan, x, score, predictor, fix, idx, backend, progress=progress, monitor=monitor)
-    if monitor is not None:
-        x = monitor.fill_nan(x)
-    n = len(plan.times) - 1
-    nfe = n * (1 + plan.corrector_steps) + (plan.denoise is not None)
-    full = lambda v: torch.full((B,), v, dtype=torch.int64, device=x.device)
-    return SampleResult(x=x, nfe=full(nfe), steps=full(n))
 
 
 def _ddim_options(method_options) -> dict:
