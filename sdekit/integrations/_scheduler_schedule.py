@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -141,13 +142,23 @@ def sigma_grid_timesteps(alphas_cumprod: torch.Tensor, n: int, grid: str) -> np.
     return ks
 
 
+class Stage(str, enum.Enum):
+    """What one model call of the scheduler does (a ``str`` enum: each member equals its value)."""
+
+    PREDICT = "predict"  # an SDE predictor step
+    CORRECT = "correct"  # a Langevin corrector step
+    ODE_EULER = "ode_euler"  # an Euler step of the probability flow
+    HEUN_PREDICT = "heun_predict"  # Heun's Euler predictor (its slope is kept)
+    HEUN_CORRECT = "heun_correct"  # Heun's trapezoidal corrector at the interval's end
+    DPMPP = "dpmpp"  # a DPM-Solver++(2M) step
+
+
 @dataclass
 class Plan:
     """The stages of one inference schedule.
 
     Attributes:
-        stages: ``(stage, interval)`` per model call; stages ``"predict"``,
-            ``"correct"``, ``"ode_euler"``, ``"heun_predict"``, ``"heun_correct"``, ``"dpmpp"``.
+        stages: ``(Stage, interval)`` per model call.
         model_timesteps: ``(calls,)`` the training timestep of each call (int64 or float64).
         grid: ``(n + 1,)`` float64 SDE times ``t_0 > … > t_{n−1} > t_n = 0``.
         interval_timesteps: ``(n,)`` the timestep at the start of each interval.
@@ -189,13 +200,13 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
     stages, model_ks = [], []
     for i in range(n):
         if method == "ode_heun" and i < n - 1:
-            stages += [("heun_predict", i), ("heun_correct", i)]
+            stages += [(Stage.HEUN_PREDICT, i), (Stage.HEUN_CORRECT, i)]
             model_ks += [ks[i], ks[i + 1]]
         elif method in ("ode_euler", "ode_heun", "dpmpp_2m"):
-            stages.append(("dpmpp" if method == "dpmpp_2m" else "ode_euler", i))
+            stages.append((Stage.DPMPP if method == "dpmpp_2m" else Stage.ODE_EULER, i))
             model_ks.append(ks[i])
         else:
-            stages += [("correct", i)] * corrector_steps + [("predict", i)]
+            stages += [(Stage.CORRECT, i)] * corrector_steps + [(Stage.PREDICT, i)]
             model_ks += [ks[i]] * (corrector_steps + 1)
     model_timesteps = np.asarray(model_ks, dtype=ks.dtype)
     values = model_timesteps.tolist()

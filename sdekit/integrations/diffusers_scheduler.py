@@ -79,6 +79,7 @@ from ._scheduler_schedule import (
     SDE_METHODS,
     SIGMA_GRIDS,
     SPACINGS,
+    Stage,
     build_plan,
     sigma_grid_timesteps,
     spaced_timesteps,
@@ -354,31 +355,31 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         grid = self._grid_on(sample.device)
         ones = torch.ones(sample.shape[0], dtype=torch.float64, device=sample.device)
         t_i, t_next = grid[i] * ones, grid[i + 1] * ones
-        t_eval = t_next if stage == "heun_correct" else t_i
+        t_eval = t_next if stage is Stage.HEUN_CORRECT else t_i
         score, x0 = stages.score_and_x0(cfg, PREDICTION_TYPES[cfg.prediction_type], self.sde, model_output,
                                         sample, t_eval)
         noise = self._noise(sample, generator, seed, sample_index, 1 + j)
         last = i == len(self._plan.interval_timesteps) - 1
         state, self._state = self._state, None
-        if stage == "predict":
+        if stage is Stage.PREDICT:
             prev = stages.predict(cfg, self.sde, score, sample, t_i, t_next, noise, last, eta)
-        elif stage == "correct":
+        elif stage is Stage.CORRECT:
             prev = stages.correct(cfg, self.sde, score, sample, t_i, t_next, noise)
-        elif stage == "dpmpp":
+        elif stage is Stage.DPMPP:
             x0_prev = state[1] if state is not None and state[0] == j - 1 else None
             prev = stages.dpmpp_2m(self._dpm, i, sample, x0, x0_prev, last)
             self._state = (j, x0)
         else:
             drift = stages.flow_drift(self.sde, score, sample, t_eval)
             h = expand_as_batch((t_next - t_i).to(sample.dtype), sample)
-            if stage == "heun_correct":  # average the slopes at both ends (trapezoidal rule)
+            if stage is Stage.HEUN_CORRECT:  # average the slopes at both ends (trapezoidal rule)
                 if state is None or state[0] != j - 1:
                     raise ValueError(f"timestep {self._plan.values[j]:g} at entry {j} is the Heun corrector of "
                                      f"interval {i}; step its predictor (entry {j - 1}) first")
                 prev = state[1] + h * 0.5 * (state[2] + drift)
             else:
                 prev = sample + h * drift
-                if stage == "heun_predict":
+                if stage is Stage.HEUN_PREDICT:
                     self._state = (j, sample, drift)
         self._step_index = j + 1
         if not return_dict:
