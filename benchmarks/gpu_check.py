@@ -215,7 +215,7 @@ def make_timer(torch, cuda: bool):
 
 
 def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` by path, under a private module name (``kernels`` is also the kernel package)."""
+    """``benchmarks/<name>.py`` by path, under a private module name."""
     spec = importlib.util.spec_from_file_location(f"_gpu_check_{name}", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -324,7 +324,7 @@ def part_bandwidth(args, torch, cuda: bool):
     def run(dl: Deadline, notes, data):
         import sdekit.kernels as K
 
-        kb = load_benchmark("kernels")  # its step definitions, coefficients and byte counts
+        kb = load_benchmark("kernel_bandwidth")  # its step definitions, coefficients and byte counts
         data.update({"dtype": "float32", "batch": 16, "coefficients": [kb.A, kb.B_, kb.C, kb.D_],
                      "step": "affine x <- a x + b s + d + c z (noise in the kernel)",
                      "bytes": "minimal: copy 2n*4 (read + write), affine 3n*4 (x, s read once, x_new written once)"})
@@ -353,7 +353,7 @@ def part_bandwidth(args, torch, cuda: bool):
                 break
             if cuda:
                 free = torch.cuda.mem_get_info()[0]
-                need = 24 * n * 4  # kernels.steps() tensors + the reference's temporaries
+                need = 24 * n * 4  # kernel_bandwidth.steps() tensors + the reference's temporaries
                 if need > free:
                     notes.append(f"2^{k} skipped: needs ~{need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free")
                     continue

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import make_timer  # noqa: E402
+from timing import cuda_or_smoke, make_timer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -197,14 +196,10 @@ def targets(rows) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if not cuda_or_smoke(args.smoke, "kernel_bandwidth.py"):
+        return 2
     import torch
 
-    if not args.smoke and not torch.cuda.is_available():
-        print("benchmarks/kernel_bandwidth.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-              "use --smoke to check the script on the CPU.", file=sys.stderr)
-        return 2
     import sdekit.kernels as K
 
     if not K.HAS_TRITON or (args.smoke and not K.INTERPRETED):

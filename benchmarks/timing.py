@@ -27,3 +27,19 @@ def make_timer(smoke: bool, rep: int = 100):
         return statistics.median(times)
 
     return wall
+
+
+def cuda_or_smoke(smoke: bool, script: str) -> bool:
+    """Set up a GPU-only script: Triton's interpreter for ``--smoke``; False (after saying why) without CUDA."""
+    import os
+    import sys
+
+    if smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+
+    if not smoke and not torch.cuda.is_available():
+        print(f"benchmarks/{script} needs a CUDA GPU (torch.cuda.is_available() is False); "
+              "use --smoke to check the script on the CPU.", file=sys.stderr)
+        return False
+    return True

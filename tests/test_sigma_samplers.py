@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 from sdekit.kernels import normal
+from test_sample_inputs import NonLinearSDE
 
 import sdekit
 from sdekit.sampling.dpm_solver import log_snr
 from sdekit.sampling.grid import GRIDS, sampling_grid
 from sdekit.sampling.sigma_samplers import SIGMA_SAMPLERS
 from sdekit.sampling.sigma_space import sigma_of_time, time_of_log_snr
-from sdekit.sdes.base import AbstractSDE
 from sdekit.sdes.discrete_vp import DiscreteVPSDE
 from sdekit.testing.convergence import fit_order
 
@@ -196,24 +196,6 @@ def test_nfe_and_steps_are_counted():
         assert out.steps.tolist() == [7] * 3
 
 
-class CubicSDE(AbstractSDE):
-    """``dx = −x³ dt + dW``: not linear."""
-
-    T, sampling_eps = 1.0, 1e-3
-
-    def drift(self, x, t):
-        return -(x**3)
-
-    def diffusion(self, x, t):
-        return torch.ones_like(t)
-
-    def prior_sample(self, shape, *, generator=None, device=None, dtype=None):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-    def prior_log_prob(self, z):
-        return -0.5 * (z**2).flatten(1).sum(1)
-
-
 def test_bad_arguments_are_named():
     sde, score = sdekit.VPSDE(), gaussian_score(sdekit.VPSDE())
     with pytest.raises(TypeError, match="method_options \\['bogus'\\]"):
@@ -233,7 +215,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="grid applies to fixed-step"):
         sdekit.sample(score, sde, (2, 2), method="ode", grid="karras")
     with pytest.raises(TypeError, match="method='heun' needs a linear SDE"):
-        sdekit.sample(score, CubicSDE(), (2, 2), method="heun", steps=3, denoise=False)
+        sdekit.sample(score, NonLinearSDE(), (2, 2), method="heun", steps=3, denoise=False)
 
 
 def test_predictors_take_a_named_grid():

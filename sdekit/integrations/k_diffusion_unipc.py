@@ -93,10 +93,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
     model call per step.
 
     Args:
-        model: denoiser ``model(x, sigma, **extra_args)`` → ``(B, *D)``, ``sigma`` ``(B,)``.
-        x: ``(B, *D)`` start, ``σ_0 ε``.
-        sigmas: ``(n + 1,)`` strictly decreasing noise levels ``>= 0`` (units of ``x``).
-        extra_args: per-sample keyword arguments for ``model`` (tensors ``(B, …)``).
+        model, x, sigmas, extra_args: as :func:`~sdekit.integrations.k_diffusion.sample_lms`.
         callback: called after each model call with ``{"x", "i", "sigma", "sigma_hat", "denoised"}``
             (``x`` the corrected state before step ``i``).
         disable: disable the tqdm bar.
