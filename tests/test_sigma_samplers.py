@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -247,3 +248,45 @@ def test_monitor_marks_the_faulted_row_and_keeps_the_others(method):
     assert torch.isnan(out.x[1]).all() and torch.equal(out.x[[0, 2, 3]], clean.x[[0, 2, 3]])
     faults = monitor.faults()
     assert [f.sample_index for f in faults] == [1] and 0 <= faults[0].step < 9
+
+
+#: sample()'s noise-level methods that k-diffusion has, as (its function, its keyword arguments).
+K_DIFFUSION_TWINS = {
+    "euler": ("sample_euler", {}), "heun": ("sample_heun", {}), "dpm_2": ("sample_dpm_2", {}),
+    "lms": ("sample_lms", {}), "euler_ancestral": ("sample_euler_ancestral", {}),
+    "dpm_2_ancestral": ("sample_dpm_2_ancestral", {}), "dpmpp_2s": ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
+    "dpmpp_2s_ancestral": ("sample_dpmpp_2s_ancestral", {}), "dpmpp_3m": ("sample_dpmpp_3m_sde", {"eta": 0.0}),
+    "dpmpp_2m_sde": ("sample_dpmpp_2m_sde", {}), "dpmpp_3m_sde": ("sample_dpmpp_3m_sde", {}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(K_DIFFUSION_TWINS))
+def test_sample_on_vp_is_k_diffusions_sampler_on_the_scaled_process(method):
+    """sample(VP, method) = k-diffusion's own sampler on x̃ = x/α at σ̃ = σ/α, with the same noise."""
+    from k_diffusion_reference import load_sampling
+
+    kd = load_sampling()
+    if isinstance(kd, str):
+        pytest.skip(kd)
+    sde, B, D, steps, seed = sdekit.VPSDE(), 6, 3, 9, 4
+    x_T = torch.randn(B, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ours = sdekit.sample(gaussian_score(sde), sde, (B, D), method=method, steps=steps, x_init=x_T, seed=seed,
+                         denoise=False)
+    grid = sampling_grid(sde, steps, sde.sampling_eps, SIGMA_SAMPLERS[method].grid)
+    sigmas = sigma_of_time(sde, grid)
+    step_of = {float(s): i for i, s in enumerate(sigmas)}
+    index = torch.arange(B)
+
+    def keyed(sigma, sigma_next):  # sdekit's noise of step i: stream 1 + i
+        return normal(seed, index, 1 + step_of[float(sigma)], (D,), dtype=torch.float64)
+
+    def denoiser(x, sigma):  # E[x_0 | x̃] of N(μ, s²) data at noise level σ̃, written in σ̃ alone
+        k = (S**2 / (S**2 + sigma**2))[:, None]
+        return MU + k * (x - MU)
+
+    name, kwargs = K_DIFFUSION_TWINS[method]
+    if "noise_sampler" in inspect.signature(getattr(kd, name)).parameters:
+        kwargs = {**kwargs, "noise_sampler": keyed}
+    alpha_T, alpha_eps = (float(v) for v in sde.mean_coeff(grid[[0, -1]]))
+    theirs = getattr(kd, name)(denoiser, x_T / alpha_T, sigmas, disable=True, **kwargs) * alpha_eps
+    assert float((ours.x - theirs).abs().max()) < 1e-11 * float(theirs.abs().max())
