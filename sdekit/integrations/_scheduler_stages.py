@@ -13,6 +13,7 @@ import torch
 
 from .._checks import expand_as_batch
 from ..sampling.correctors import CORRECTORS
+from ..sampling.dpm_solver import dpmpp_2m_update
 from ..sampling.predictors import PREDICTORS, DDIMPredictor
 from ..score_models import score_from_x0
 
@@ -104,9 +105,7 @@ def dpmpp_2m(co, i: int, sample, x0, x0_prev, last: bool):
     """
     if last:
         return x0
-    r = co.r[i]
-    d = x0 if x0_prev is None or r is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-    return co.ratio[i] * (sample - co.offset[i]) + co.phi[i] * d + co.offset[i + 1]
+    return dpmpp_2m_update(co, i, sample - co.offset[i], x0, x0_prev) + co.offset[i + 1]
 
 
 def summary(values) -> str:

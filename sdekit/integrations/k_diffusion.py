@@ -40,7 +40,7 @@ from tqdm.auto import trange
 
 from .._checks import check_finite, check_model_output, check_positive, check_positive_int, expand_as_batch
 from ..conditioning import bind_model_kwargs, flatten_model_kwargs
-from ..sampling.dpm_solver import dpmpp_2m_coefficients
+from ..sampling.dpm_solver import dpmpp_2m_coefficients, dpmpp_2m_update
 from ..sampling.predictors import AncestralSamplingPredictor, DDIMPredictor
 from ..score_models import score_from_denoiser
 from ..sdes.edm import EDMSDE
@@ -311,8 +311,6 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
         if values[i + 1] == 0:  # σ_{i+1}/σ_i = 0 and 1 − e^{−h} = 1: the last step returns D
             x = x0
         else:
-            r = co.r[i]
-            d = x0 if r is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-            x = co.ratio[i] * x + co.phi[i] * d
+            x = dpmpp_2m_update(co, i, x, x0, x0_prev)
         x0_prev = x0
     return x

@@ -137,6 +137,25 @@ def dpmpp_2m_coefficients(sde, grid: torch.Tensor) -> DPMSolverCoefficients:
                                  sde.mean_offset(grid).tolist())
 
 
+def dpmpp_2m_update(co: DPMSolverCoefficients, i: int, y: torch.Tensor, x0: torch.Tensor,
+                    x0_prev: torch.Tensor | None) -> torch.Tensor:
+    """One DPM-Solver++(2M) step from ``t_i`` to ``t_{i+1}`` of the offset-free state ``y = x − c`` (Lu et al. 2022b, Alg. 2).
+
+    ``y_{i+1} = (σ_{i+1}/σ_i) y_i + φ_i D_i`` with ``D_i = (1 + 1/(2r)) x̂_0(t_i) − x̂_0(t_{i−1})/(2r)``, or
+    ``D_i = x̂_0(t_i)`` on a first step (``x0_prev`` or ``r`` ``None``).  The one step of :func:`sample_dpmpp_2m`,
+    the diffusers scheduler's ``dpmpp_2m`` and :func:`sdekit.integrations.k_diffusion.sample_dpmpp_2m`.
+
+    Args:
+        co: :func:`dpmpp_2m_coefficients` of the grid.  i: the step.
+        y, x0: ``(B, *D)`` state and data prediction at ``t_i``.  x0_prev: the data prediction at ``t_{i−1}``.
+    Returns:
+        ``(B, *D)`` ``y`` at ``t_{i+1}``.
+    """
+    r = co.r[i]
+    d = x0 if x0_prev is None or r is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+    return co.ratio[i] * y + co.phi[i] * d
+
+
 def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bool = True, monitor=None):
     """Integrate the probability flow from ``grid[0]`` to ``grid[-1]`` with DPM-Solver++(2M).
 
@@ -173,9 +192,7 @@ def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bo
     x0_prev = None
     for i in range(len(times) - 1):
         x0 = data_prediction(y + co.offset[i], i)
-        r = co.r[i]
-        d = x0 if x0_prev is None else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        y = co.ratio[i] * y + co.phi[i] * d
+        y = dpmpp_2m_update(co, i, y, x0, x0_prev)
         x0_prev = x0
         if monitor is not None:
             monitor.after_step(i, times[i + 1], y + co.offset[i + 1])
