@@ -9,7 +9,7 @@ computed once for the whole time grid): that is the form the fused kernel
 :func:`sdekit.kernels.affine_update` implements.  The one exception is
 Euler–Maruyama on a non-linear SDE (or one with element-wise diffusion), whose
 drift is not affine in ``x``: :meth:`EulerMaruyamaPredictor.coefficients` returns
-``None`` and :meth:`EulerMaruyamaPredictor.general_step` applies the SDE's drift.
+``None`` and :meth:`EulerMaruyamaPredictor.keyed_step` applies the SDE's drift.
 
 :meth:`AbstractPredictor.step` is the single reference step with explicit
 noise ``z``; ``t`` and ``t_next`` are ``(B,)`` float64 there (coefficients are
@@ -95,20 +95,17 @@ class EulerMaruyamaPredictor(AbstractPredictor):
         return Affine(1 + alpha * dt, -(g**2) * dt, g * (-dt).sqrt(), beta * dt)
 
     def step(self, x, t, t_next, z):
+        """Reference step (as :meth:`AbstractPredictor.step`); without affine coefficients
+        ``x_mean = x + (f(x, t) − g² s) Δt``, ``x = x_mean + g √(−Δt) z`` for any SDE."""
         if self.coefficients(t, t_next) is not None:
             return super().step(x, t, t_next, z)
-        tx = t.to(x.dtype)
-        return self._general(x, self.score(x, tx), tx, (t_next - t).to(x.dtype), lambda: z)
-
-    def _general(self, x, s, tx, dt, draw, affine=None):
-        """``x_mean = x + (f(x, t) − g² s) Δt``, ``x = x_mean + g √(−Δt) z`` for any SDE; ``dt`` (B,)."""
+        tx, dt = t.to(x.dtype), (t_next - t).to(x.dtype)
         g = self.sde.diffusion(x, tx)
         g = expand_as_batch(g, x) if g.dim() == 1 else g
-        drift = self.sde.drift(x, tx) - g**2 * s
-        x_mean = x + drift * expand_as_batch(dt, x)
-        return x_mean + g * expand_as_batch((-dt).sqrt(), x) * draw(), x_mean
+        x_mean = x + (self.sde.drift(x, tx) - g**2 * self.score(x, tx)) * expand_as_batch(dt, x)
+        return x_mean + g * expand_as_batch((-dt).sqrt(), x) * z, x_mean
 
-    def general_step(self, x, s, tx, dt: float, *, seed, sample_index, stream, backend=None):
+    def keyed_step(self, x, s, tx, dt: float, *, seed, sample_index, stream, backend=None):
         """Keyed-noise step for SDEs without affine coefficients (``dt = t_next − t`` < 0, ``tx`` ``(B,)``).
 
         With a per-sample diffusion ``g`` ``(B,)`` the update is the fused
@@ -122,6 +119,8 @@ class EulerMaruyamaPredictor(AbstractPredictor):
                                  stream=stream, backend=backend)
         z = normal(seed, sample_index, stream, x.shape[1:], dtype=x.dtype, backend=backend)
         return x + (self.sde.drift(x, tx) - g**2 * s) * dt + g * math.sqrt(-dt) * z
+
+    general_step = keyed_step  # its former name
 
 
 class ReverseDiffusionPredictor(AbstractPredictor):

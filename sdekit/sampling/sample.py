@@ -500,7 +500,7 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
         if coef is not None:
             x = update.affine(x, s, *coef[i], stream=stream)
         else:
-            x = predictor.general_step(x, s, t, times[i + 1] - times[i], seed=plan.seed, sample_index=sample_index,
+            x = predictor.keyed_step(x, s, t, times[i + 1] - times[i], seed=plan.seed, sample_index=sample_index,
                                        stream=stream, backend=backend)
         if monitor is not None:
             monitor.after_step(i, times[i], x)
