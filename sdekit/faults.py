@@ -104,6 +104,10 @@ class NonFiniteMonitor:
         """``arange(B)``: pass as the first of ``solve_adaptive``'s ``args`` with :meth:`guard`."""
         return torch.arange(self.step.shape[0], device=self.step.device)
 
+    def wrap_rhs(self, func, args: tuple):
+        """``(guard(func), (slots(),) + args)``: an RHS and its ``solve_adaptive`` args, guarded."""
+        return self.guard(func), (self.slots(),) + tuple(args)
+
     def guard(self, func):
         """Wrap an ODE right-hand side ``func(t, y, *args)`` for :func:`sdekit.solve_adaptive`.
 
@@ -143,3 +147,29 @@ class NonFiniteMonitor:
         faults = self.faults()
         if faults:
             raise NonFiniteError(faults, where)
+
+
+class NullMonitor:
+    """The monitor of a run without one: every hook does nothing, so samplers call them unconditionally."""
+
+    evaluations = 0
+
+    def after_step(self, step, t, x: torch.Tensor) -> None:
+        """Nothing to record."""
+
+    def fill_nan(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` itself."""
+        return v
+
+    def wrap_rhs(self, func, args: tuple):
+        """``(func, args)`` unchanged."""
+        return func, tuple(args)
+
+
+#: The shared :class:`NullMonitor`.
+NULL_MONITOR = NullMonitor()
+
+
+def as_monitor(monitor):
+    """``monitor``, or :data:`NULL_MONITOR` for ``None`` (a :class:`NonFiniteMonitor` or anything with its hooks)."""
+    return NULL_MONITOR if monitor is None else monitor

@@ -9,6 +9,7 @@ import torch
 
 from .._checks import check_batch, check_choice, check_eps, check_finite, check_positive_int, check_sde, check_tensor
 from ..conditioning import flatten_model_kwargs, unbind_conditioning
+from ..faults import as_monitor
 from ..noise import check_sample_index, counter_normal, counter_rademacher
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
@@ -131,11 +132,9 @@ def log_likelihood(
     if trace == "hutchinson":
         args = leaves + (_probes(x, probes, noise, generator, seed, sample_index),)
     y0 = torch.cat([x.flatten(1), x.new_zeros(B, n_div)], dim=1)
-    func = augmented
-    if monitor is not None:
-        func, args = monitor.guard(augmented), (monitor.slots(),) + args
+    func, args = as_monitor(monitor).wrap_rhs(augmented, args)
     sol = solve_adaptive(func, y0, eps, sde.T, rtol=rtol, atol=atol, max_steps=max_steps, args=args)
-    y_T = sol.y if monitor is None else monitor.fill_nan(sol.y)
+    y_T = as_monitor(monitor).fill_nan(sol.y)
     x_T = y_T[:, :D].reshape(x.shape)
     delta = y_T[:, D:]
     prior = sde.prior_log_prob(x_T)

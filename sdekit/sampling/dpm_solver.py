@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 
 from .._checks import check_positive_int
+from ..faults import as_monitor
 from ..sdes.base import AbstractLinearSDE
 from .grid import time_grid
 
@@ -181,6 +182,7 @@ def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bo
         ValueError: as :func:`dpmpp_2m_coefficients`.
     """
     co = dpmpp_2m_coefficients(sde, grid)
+    monitor = as_monitor(monitor)
     times = grid.tolist()
     B = x.shape[0]
 
@@ -194,15 +196,11 @@ def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bo
         x0 = data_prediction(y + co.offset[i], i)
         y = dpmpp_2m_update(co, i, y, x0, x0_prev)
         x0_prev = x0
-        if monitor is not None:
-            monitor.after_step(i, times[i + 1], y + co.offset[i + 1])
+        monitor.after_step(i, times[i + 1], y + co.offset[i + 1])
     x = y + co.offset[-1]
     nfe = len(times) - 1
     if denoise:
         x = data_prediction(x, len(times) - 1)
         nfe += 1
-        if monitor is not None:
-            monitor.after_step(len(times) - 1, times[-1], x)
-    if monitor is not None:
-        x = monitor.fill_nan(x)
-    return x, nfe
+        monitor.after_step(len(times) - 1, times[-1], x)
+    return monitor.fill_nan(x), nfe

@@ -19,6 +19,7 @@ from .._checks import (
     compiler_disable,
 )
 from ..conditioning import bind_model_kwargs, flatten_model_kwargs, unbind_conditioning
+from ..faults import as_monitor
 from ..kernels import affine_update, normal, resolve_backend
 from ..kernels._args import noise_key
 from ..kernels.keyed import KeyedUpdate
@@ -341,8 +342,7 @@ def sample(
 
 def _result(x, nfe: int, steps: int, monitor) -> SampleResult:
     """The :class:`SampleResult` of a fixed-step method (NaN where the monitor saw a fault)."""
-    if monitor is not None:
-        x = monitor.fill_nan(x)
+    x = as_monitor(monitor).fill_nan(x)
     full = lambda v: torch.full((x.shape[0],), v, dtype=torch.int64, device=x.device)
     return SampleResult(x=x, nfe=full(nfe), steps=full(steps))
 
@@ -484,6 +484,7 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
     each step ``i`` (reported with ``t_i``) and after denoising (step ``N``).
     """
     B, K, times, coef = x.shape[0], plan.corrector_steps, plan.times, plan.coef
+    monitor = as_monitor(monitor)
     corrector = () if plan.corrector is None else plan.corrector  # None only without a corrector (K = 0)
     update = KeyedUpdate(x, seed=plan.seed, sample_index=sample_index, backend=backend)  # key checked once
     iterator = range(len(times) - 1)
@@ -502,14 +503,12 @@ def run_plan(plan: StepPlan, x, score, predictor, fix, sample_index, backend, *,
         else:
             x = predictor.keyed_step(x, s, t, times[i + 1] - times[i], seed=plan.seed, sample_index=sample_index,
                                        stream=stream, backend=backend)
-        if monitor is not None:
-            monitor.after_step(i, times[i], x)
+        monitor.after_step(i, times[i], x)
     if plan.denoise is not None:
         a, b, d = plan.denoise
         s = score(x, torch.full((B,), times[-1], dtype=x.dtype, device=x.device))
         x = affine_update(x, s, a, b, 0.0, d, backend=backend)
-        if monitor is not None:
-            monitor.after_step(len(times) - 1, times[-1], x)
+        monitor.after_step(len(times) - 1, times[-1], x)
     return x
 
 
@@ -555,9 +554,8 @@ def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, b
     bar = None
     if progress:
         func, bar = _ode_progress(func, t0, t1)
-    args = leaves
-    if monitor is not None:
-        func, args = monitor.guard(func), (monitor.slots(),) + leaves
+    monitor = as_monitor(monitor)
+    func, args = monitor.wrap_rhs(func, leaves)
     sol = solve_adaptive(func, x, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps, args=args)
     if bar is not None:
         bar.close()
@@ -565,8 +563,5 @@ def _sample_ode(score, sde, x, grid, denoise, rtol, atol, max_steps, progress, b
     if denoise:
         x = _denoise(sde, score, x, t1, backend, model_kwargs)
         nfe = nfe + 1
-        if monitor is not None:
-            monitor.after_step(monitor.evaluations, t1, x)
-    if monitor is not None:
-        x = monitor.fill_nan(x)
-    return SampleResult(x=x, nfe=nfe, steps=sol.steps)
+        monitor.after_step(monitor.evaluations, t1, x)
+    return SampleResult(x=monitor.fill_nan(x), nfe=nfe, steps=sol.steps)

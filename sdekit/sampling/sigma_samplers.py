@@ -133,6 +133,7 @@ def sample_sigma_family(method: str, score, sde, x: torch.Tensor, grid: torch.Te
         TypeError: a non-linear SDE, or as :func:`sampler_options`.
         ValueError: as the sampler function (e.g. ``eta`` outside its range).
     """
+    from ..faults import as_monitor
     from .dpm_solver import _check_linear
     from .sigma_space import ScaledDenoiser, sigma_of_time
 
@@ -142,13 +143,11 @@ def sample_sigma_family(method: str, score, sde, x: torch.Tensor, grid: torch.Te
     denoiser = ScaledDenoiser(score, sde, t_max=_time_ceiling(sde, options, float(sigma_grid[0])))
     t0 = torch.full((x.shape[0],), float(grid[0]), dtype=torch.float64, device=x.device)
     sigmas = sigma_grid.to(device=x.device, dtype=x.dtype)
-    callback = None
-    if monitor is not None:
-        times = grid.tolist()
+    monitor, times = as_monitor(monitor), grid.tolist()
 
-        def callback(info):  # k-diffusion reports the state *before* step i: that is the state after step i − 1
-            if info["i"] > 0:
-                monitor.after_step(info["i"] - 1, times[info["i"] - 1], info["x"])
+    def callback(info):  # k-diffusion reports the state *before* step i: that is the state after step i − 1
+        if info["i"] > 0:
+            monitor.after_step(info["i"] - 1, times[info["i"] - 1], info["x"])
 
     function = sampler_function(method)
     if "seed" in inspect.signature(function).parameters:  # a sampler that draws noise: keyed on (seed, index)
@@ -156,12 +155,10 @@ def sample_sigma_family(method: str, score, sde, x: torch.Tensor, grid: torch.Te
     out = function(denoiser, denoiser.to_scaled(x, t0), sigmas, model_kwargs, callback, not progress, **options)
     n = grid.numel() - 1
     t_last = torch.full_like(t0, float(grid[-1]))
-    if monitor is not None:
-        monitor.after_step(n - 1, float(grid[-2]), out)
+    monitor.after_step(n - 1, times[-2], out)
     if denoise:
         out = denoiser(out, sigmas[-1] * out.new_ones(out.shape[0]), **model_kwargs)
-        if monitor is not None:
-            monitor.after_step(n, float(grid[-1]), out)
+        monitor.after_step(n, times[-1], out)
     else:
         out = denoiser.to_state(out, t_last)
     return out, denoiser.nfe
