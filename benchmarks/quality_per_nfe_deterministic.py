@@ -301,6 +301,16 @@ def run_problem(d: int, cfg: dict, log) -> dict:
                    4096, generator=torch.Generator().manual_seed(3))[0].std(0).mean())}
     log(f"d={d}: reference {t_ref:.1f} s, mean NFE {problem['reference_nfe_mean']:.0f}, "
         f"vs rtol 1e-8 {problem['reference_vs_rtol_1e-8']:.1e}, end-convention gap {problem['end_convention_gap']:.1e}")
+    return run_model(problem, model, x_eval, x_cal, ref_eval, ref_cal, cfg, log)
+
+
+def run_model(problem: dict, model, x_eval, x_cal, ref_eval, ref_cal, cfg: dict, log) -> dict:
+    """Every row (sdekit on its grids and optimised grids, k-diffusion, diffusers) for one denoiser ``model``.
+
+    ``model(x, sigma)`` in EDM/VE form counting the rows it sees in ``model.rows``; ``ref_*`` the converged
+    solutions of ``x_eval``/``x_cal`` (σ_max → σ_min → 0).
+    """
+    d = problem["d"]
     rows = []
 
     def record(family, sampler, grid, nfe_budget, fn, **extra):

@@ -271,35 +271,9 @@ def optimize_sigmas(sampler: Callable, model: Callable, x_calib: torch.Tensor, s
             initial grid.
         ImportError: if SciPy is not installed (imported on the first call, not by ``import sdekit``).
     """
-    check_callable("sampler", sampler)
-    check_callable("model", model)
-    check_tensor("x_calib", x_calib, min_dim=1)
-    check_batch("x_calib", x_calib)
-    check_finite("x_calib", x_calib)
-    lo, hi = _check_range(sigma_min, sigma_max)
-    steps = check_positive_int("steps", steps)
-    if not isinstance(final_zero, bool):
-        raise TypeError(f"final_zero must be a bool, got {type(final_zero).__name__}")
-    _levels(steps, final_zero)
-    if basis is not None:
-        basis = check_positive_int("basis", basis)
-    max_evals = check_positive_int("max_evals", max_evals)
-    check_choice("method", method, _METHODS)
-    for name, value in (("xtol", xtol), ("ftol", ftol), ("reference_rtol", reference_rtol),
-                        ("reference_atol", reference_atol)):
-        check_positive(name, value)
-    for label, kwargs in (("extra_args", extra_args), ("sampler_kwargs", sampler_kwargs)):
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise TypeError(f"{label} must be a dict of keyword arguments (or None), got {type(kwargs).__name__}")
-    extra, skw = dict(extra_args or {}), dict(sampler_kwargs or {})
-    candidates = _initial_grids(init, steps, lo, hi, final_zero)
-    if reference is not None:
-        check_tensor("reference", reference)
-        if reference.shape != x_calib.shape:
-            raise ValueError(f"reference must have x_calib's shape {tuple(x_calib.shape)}, got "
-                             f"{tuple(reference.shape)}")
-        check_finite("reference", reference)
-
+    lo, hi, steps, basis, max_evals, extra, skw, candidates = _checked_arguments(
+        sampler, model, x_calib, sigma_min, sigma_max, steps, reference, init, extra_args, sampler_kwargs,
+        final_zero, basis, max_evals, method, xtol, ftol, reference_rtol, reference_atol)
     ref_nfe = 0.0
     if reference is None:
         from ..integrations.k_diffusion import sample_dopri5  # lazy: sdekit.integrations imports sdekit.sampling
@@ -335,9 +309,55 @@ def optimize_sigmas(sampler: Callable, model: Callable, x_calib: torch.Tensor, s
         why = "no interior levels to optimise" if positive0.numel() <= 2 else "zero error on the initial grid"
         return grid0, GridOptimizationInfo(e0, e0, runs[0], ref_nfe, 0, why, tuple(errors))
 
+    grid, error, free, message = _search(mse, grid0, e0, hi, lo, final_zero, basis, method, max_evals, xtol, ftol,
+                                         runs)
+    return grid, GridOptimizationInfo(e0, error, runs[0], ref_nfe, free, message, tuple(errors))
+
+
+def _checked_arguments(sampler, model, x_calib, sigma_min, sigma_max, steps, reference, init, extra_args,
+                       sampler_kwargs, final_zero, basis, max_evals, method, xtol, ftol, reference_rtol,
+                       reference_atol):
+    """The argument checks of :func:`optimize_sigmas`; returns the normalised values and the initial grids."""
+    check_callable("sampler", sampler)
+    check_callable("model", model)
+    check_tensor("x_calib", x_calib, min_dim=1)
+    check_batch("x_calib", x_calib)
+    check_finite("x_calib", x_calib)
+    lo, hi = _check_range(sigma_min, sigma_max)
+    steps = check_positive_int("steps", steps)
+    if not isinstance(final_zero, bool):
+        raise TypeError(f"final_zero must be a bool, got {type(final_zero).__name__}")
+    _levels(steps, final_zero)
+    if basis is not None:
+        basis = check_positive_int("basis", basis)
+    max_evals = check_positive_int("max_evals", max_evals)
+    check_choice("method", method, _METHODS)
+    for name, value in (("xtol", xtol), ("ftol", ftol), ("reference_rtol", reference_rtol),
+                        ("reference_atol", reference_atol)):
+        check_positive(name, value)
+    for label, kwargs in (("extra_args", extra_args), ("sampler_kwargs", sampler_kwargs)):
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"{label} must be a dict of keyword arguments (or None), got {type(kwargs).__name__}")
+    extra, skw = dict(extra_args or {}), dict(sampler_kwargs or {})
+    candidates = _initial_grids(init, steps, lo, hi, final_zero)
+    if reference is not None:
+        check_tensor("reference", reference)
+        if reference.shape != x_calib.shape:
+            raise ValueError(f"reference must have x_calib's shape {tuple(x_calib.shape)}, got "
+                             f"{tuple(reference.shape)}")
+        check_finite("reference", reference)
+
+    return lo, hi, steps, basis, max_evals, extra, skw, candidates
+
+
+def _search(mse, grid0, e0, hi, lo, final_zero, basis, method, max_evals, xtol, ftol, runs):
+    """SciPy's local search over the smooth log-gap correction from ``grid0``; ``(grid, error, free, message)``.
+
+    ``runs[0]`` counts the sampler runs (shared with the caller's screening).
+    """
     from scipy.optimize import minimize  # lazy: `import sdekit` does not import scipy
 
-    base = _gap_logits(positive0)  # the initial grid's logits: theta = 0
+    base = _gap_logits(grid0[:-1] if final_zero else grid0)  # the initial grid's logits: theta = 0
     design = _design(base.numel(), basis)
     free = design.shape[1]
     tail = torch.zeros(int(final_zero), dtype=torch.float64)
@@ -370,5 +390,4 @@ def optimize_sigmas(sampler: Callable, model: Callable, x_calib: torch.Tensor, s
     result = minimize(objective, theta0, method=_METHODS[method], options=options)
     improved = best_f[0] < math.log(e0)
     grid = to_grid(best_theta[0].numpy()) if improved else grid0
-    return grid, GridOptimizationInfo(e0, math.exp(best_f[0]) if improved else e0, runs[0], ref_nfe, free,
-                                      str(result.message), tuple(errors))
+    return grid, (math.exp(best_f[0]) if improved else e0), free, str(result.message)
