@@ -101,3 +101,54 @@ def test_deis_weights_integrate_log_polynomials_exactly():
         got = sum(w * f(sigmas[i - j]) for j, w in enumerate(weights[i]))
         assert got == pytest.approx(F(sigmas[i + 1]) - F(sigmas[i]), rel=1e-12)
     assert deis_coefficients([2.0, 1.0, 0.0], 2)[-1] == [-1.0]  # to σ = 0: the Euler step, x − σ ε = D
+
+
+def _scheduler_loop(scheduler, seed=0):
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for k in scheduler.timesteps:
+        x = scheduler.step(network(x, k), k, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("config", [{}, {"solver_order": 3}, {"solver_order": 3, "disable_corrector": [1, 4]},
+                                    {"solver_order": 1, "lower_order_final": False}])
+def test_scheduler_unipc_reproduces_unipc_multistep_scheduler(config):
+    from sdekit.integrations.diffusers_scheduler import SDEScheduler
+
+    theirs = diffusers.UniPCMultistepScheduler(**config)
+    ac = theirs.alphas_cumprod.double()
+    theirs.alphas_cumprod = ac
+    theirs.set_timesteps(10)
+    ks = theirs.timesteps.tolist()
+    theirs.sigmas = torch.tensor([_sigma(ac, k) for k in ks] + [0.0], dtype=torch.float64)
+    ours = SDEScheduler.from_config(theirs.config, method="unipc", clip_sample=False)  # UniPC does not clip
+    ours.set_timesteps(timesteps=ks)  # UniPC's spacing rule differs from DDPM's: take its timesteps
+    a, b = _scheduler_loop(ours), _scheduler_loop(theirs)
+    assert float((a - b).abs().max()) < 1e-12 * float(b.abs().max())
+
+
+def test_scheduler_unipc_restarts_cleanly_midway():
+    """A loop that starts midway (image-to-image) is a fresh UniPC run from there: K.sample_unipc on the rest."""
+    from sdekit.integrations.diffusers_scheduler import SDEScheduler
+
+    ours = SDEScheduler(method="unipc", clip_sample=False)
+    ours.set_timesteps(8)
+    _scheduler_loop(ours)  # a whole run first: its history must not leak into the next one
+    ours.set_timesteps(8)
+    ks = ours.timesteps.tolist()
+    ac = ours.sde.alphas_cumprod
+    sigmas = [_sigma(ac, k) for k in ks] + [0.0]
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x_mid = x.clone()
+    for k in ours.timesteps[3:]:
+        x_mid = ours.step(network(x_mid, k), k, x_mid).prev_sample
+    timestep_of = dict(zip(sigmas, ks))
+
+    def denoiser(x_scaled, sigma):
+        s = float(sigma[0])
+        return x_scaled - s * network((s * s + 1) ** -0.5 * x_scaled, timestep_of[s])
+
+    fresh = K.sample_unipc(denoiser, x * (sigmas[3] ** 2 + 1) ** 0.5, torch.tensor(sigmas[3:], dtype=torch.float64))
+    assert float((x_mid - fresh).abs().max()) < 1e-12 * float(fresh.abs().max())
+    with pytest.raises(ValueError, match="solver_type"):
+        SDEScheduler(method="unipc", solver_type="midpoint")

@@ -21,7 +21,7 @@ import torch
 
 #: The SDE methods (one ``step`` = one stage of the sampler; see the scheduler's module docstring).
 SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ddim")
-METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m")
+METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc")
 SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_GRIDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 #: ᾱ at the last timestep of a zero-terminal-SNR schedule of fewer than 3 timesteps (diffusers' Euler floor).
@@ -151,6 +151,7 @@ class Stage(str, enum.Enum):
     HEUN_PREDICT = "heun_predict"  # Heun's Euler predictor (its slope is kept)
     HEUN_CORRECT = "heun_correct"  # Heun's trapezoidal corrector at the interval's end
     DPMPP = "dpmpp"  # a DPM-Solver++(2M) step
+    UNIPC = "unipc"  # UniC on the last predicted state, then UniP
 
 
 @dataclass
@@ -188,7 +189,7 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
     ``ode_heun`` calls ``k_i`` (Euler predictor) and ``k_{i+1}`` (trapezoidal
     corrector), except the last interval (one Euler call), as
     ``HeunDiscreteScheduler`` lays out its ``2n − 1`` timesteps; ``ode_euler``
-    and ``dpmpp_2m`` call ``k_i`` once.
+    ``dpmpp_2m`` and ``unipc`` call ``k_i`` once.
 
     ``start_of`` maps a timestep to the first call of the interval that starts
     there: the first of repeated corrector entries, and for ``ode_heun`` the
@@ -202,8 +203,9 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
         if method == "ode_heun" and i < n - 1:
             stages += [(Stage.HEUN_PREDICT, i), (Stage.HEUN_CORRECT, i)]
             model_ks += [ks[i], ks[i + 1]]
-        elif method in ("ode_euler", "ode_heun", "dpmpp_2m"):
-            stages.append((Stage.DPMPP if method == "dpmpp_2m" else Stage.ODE_EULER, i))
+        elif method in ("ode_euler", "ode_heun", "dpmpp_2m", "unipc"):
+            one = {"dpmpp_2m": Stage.DPMPP, "unipc": Stage.UNIPC}.get(method, Stage.ODE_EULER)
+            stages.append((one, i))
             model_ks.append(ks[i])
         else:
             stages += [(Stage.CORRECT, i)] * corrector_steps + [(Stage.PREDICT, i)]

@@ -108,6 +108,18 @@ def dpmpp_2m(co, i: int, sample, x0, x0_prev, last: bool):
     return dpmpp_2m_update(co, i, sample - co.offset[i], x0, x0_prev) + co.offset[i + 1]
 
 
+def unipc(stepper, sde, sample, x0, t_i, t_next, i: int):
+    """UniPC (:class:`~sdekit.integrations.k_diffusion_unipc.UniPCStepper`) from ``t_i`` to ``t_next``.
+
+    The stepper works on the scaled state ``x̃ = (x − c)/α`` at ``σ̃ = σ/α``, where x̂₀ is the denoiser's
+    output (:mod:`sdekit.sampling.sigma_space`); ``t_i``, ``t_next`` ``(B,)`` float64.
+    """
+    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
+    scaled = (sample - col(sde.mean_offset(t_i))) / col(sde.mean_coeff(t_i))
+    out = stepper.predict(i, stepper.correct(scaled, x0))
+    return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
+
+
 def summary(values) -> str:
     """A short text of a timestep list for error messages."""
     vals = np.asarray(values).tolist()

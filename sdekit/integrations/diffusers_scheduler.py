@@ -19,6 +19,7 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 ``ode_euler``          Euler step of the probability-flow ODE                 1
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
 ``dpmpp_2m``           DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2)        1
+``unipc``              UniPC (Zhao et al. 2023; ``solver_order``, …)          1
 + ``corrector``        ``corrector_steps`` Langevin steps at ``t_i`` first    1 + steps
 =====================  =====================================================  ==========
 
@@ -69,6 +70,7 @@ from diffusers.utils import BaseOutput
 from .._checks import check_choice, check_model_output, check_positive, check_positive_int, expand_as_batch
 from ..sampling.correctors import CORRECTORS, NORM_RULES
 from ..sampling.dpm_solver import dpmpp_2m_coefficients
+from ..sampling.sigma_space import sigma_of_time
 from ..score_models import score_from_epsilon, score_from_v, score_from_x0
 from ..sdes.discrete_vp import DiscreteVPSDE
 from . import _scheduler_stages as stages
@@ -85,6 +87,7 @@ from ._scheduler_schedule import (
     spaced_timesteps,
     training_schedule,
 )
+from .k_diffusion_unipc import UniPCStepper
 
 PREDICTION_TYPES = {"epsilon": score_from_epsilon, "sample": score_from_x0, "v_prediction": score_from_v}
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
@@ -139,6 +142,9 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         method: the sampler (module table).
         corrector: ``None``, ``"langevin"`` or ``"annealed_langevin"`` (SDE methods only).
         snr, corrector_steps, corrector_norm: as in :func:`sdekit.sample`.
+        solver_order, solver_type, lower_order_final, disable_corrector: ``method="unipc"``'s options,
+            ``UniPCMultistepScheduler``'s names and defaults (order 2, ``"bh2"``, lower orders on the last
+            steps, no step uncorrected); see :func:`sdekit.integrations.k_diffusion.sample_unipc`.
     Raises:
         ValueError: on an unknown option value (named), more than one sigma
             grid, a corrector without an SDE method, or betas outside ``[0, 1)``.
@@ -186,6 +192,10 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         snr: float = 0.16,
         corrector_steps: int = 1,
         corrector_norm: str | None = None,
+        solver_order: int = 2,
+        solver_type: str = "bh2",
+        lower_order_final: bool = True,
+        disable_corrector: list | None = None,
     ):
         check_positive_int("num_train_timesteps", num_train_timesteps)
         check_choice("method", method, METHODS)
@@ -202,6 +212,9 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         if not 0.0 < dynamic_thresholding_ratio <= 1.0:
             raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {dynamic_thresholding_ratio!r}")
         check_positive_int("corrector_steps", corrector_steps)
+        if method == "unipc":  # UniPCMultistepScheduler's options (other schedulers' configs reuse the names)
+            check_positive_int("solver_order", solver_order)
+            check_choice("solver_type", solver_type, ("bh1", "bh2"))
         if corrector is not None:
             check_choice("corrector", corrector, tuple(CORRECTORS))
             if method not in SDE_METHODS:
@@ -296,6 +309,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         self._dpm = None
         if cfg.method == "dpmpp_2m" and len(ks) > 1:  # the last interval (to σ = 0) returns x̂₀
             self._dpm = dpmpp_2m_coefficients(self.sde, plan.grid[:-1])
+        self._sigmas = sigma_of_time(self.sde, plan.grid).tolist()  # σ̃ = σ/α of the grid (0 at t = 0)
         self._grids: dict = {}
         if device is not None:  # copy the schedule now, not inside the first step
             self._grid_on(torch.device(device))
@@ -365,6 +379,11 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
             prev = stages.predict(cfg, self.sde, score, sample, t_i, t_next, noise, last, eta)
         elif stage is Stage.CORRECT:
             prev = stages.correct(cfg, self.sde, score, sample, t_i, t_next, noise)
+        elif stage is Stage.UNIPC:
+            stepper = state[1] if state is not None and state[0] == j - 1 else UniPCStepper(
+                self._sigmas, cfg.solver_order, cfg.solver_type, cfg.lower_order_final, cfg.disable_corrector or ())
+            prev = stages.unipc(stepper, self.sde, sample, x0, t_i, t_next, i)
+            self._state = (j, stepper)
         elif stage is Stage.DPMPP:
             x0_prev = state[1] if state is not None and state[0] == j - 1 else None
             prev = stages.dpmpp_2m(self._dpm, i, sample, x0, x0_prev, last)

@@ -43,7 +43,7 @@ from tqdm.auto import trange
 from .._checks import check_choice, check_model_output, check_positive_int
 from ._k_diffusion_support import report, setup
 
-__all__ = ["sample_unipc", "unipc_weights"]
+__all__ = ["UniPCStepper", "sample_unipc", "unipc_weights"]
 
 
 def _solve(rows: list[list[float]], rhs: list[float]) -> list[float]:
@@ -83,6 +83,53 @@ def unipc_weights(lam: list[float], i: int, p: int, bh: str):
     return ratio, predictor, corrector
 
 
+class UniPCStepper:
+    """The state of one UniPC run: the stored outputs ``m_i`` and the corrector awaiting ``m_{i+1}``.
+
+    The one implementation behind :func:`sample_unipc` and the diffusers scheduler's ``method="unipc"``
+    (:class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`).  Per model call at ``σ_i``:
+    :meth:`correct` (UniC on the state the last predictor produced, now that ``m_i`` is known) then
+    :meth:`predict` (UniP to ``σ_{i+1}``).  The order of step ``i`` is ``min(order, outputs stored, n − i)``
+    (the last with ``lower_order_final``), so a run may also start at any ``i`` (with no stored outputs).
+
+    Args:
+        sigmas: the ``n + 1`` noise levels (host floats, strictly decreasing, ``>= 0``).
+        order, solver_type, lower_order_final, disable_corrector: as :func:`sample_unipc`.
+    Raises:
+        ValueError / TypeError: on a bad ``order`` or ``solver_type``.
+    """
+
+    def __init__(self, sigmas, order: int = 2, solver_type: str = "bh2", lower_order_final: bool = True,
+                 disable_corrector=()) -> None:
+        self.order = check_positive_int("order", order)
+        self.solver_type = check_choice("solver_type", solver_type, ("bh1", "bh2"))
+        self.values = [float(v) for v in sigmas]
+        self.lam = [-math.log(v) for v in self.values if v > 0]
+        self.lower_order_final, self.skip = bool(lower_order_final), {int(k) for k in disable_corrector}
+        self.history: list = []  # m_i, m_{i−1}, … newest first
+        self.pending: tuple | None = None  # (x_i, ratio, corrector weights of step i) awaiting m_{i+1}
+
+    def correct(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Store ``m = D(x, σ_i)`` and return ``x`` corrected by UniC (unchanged on a first or uncorrected step)."""
+        if self.pending is not None:
+            x_prev, ratio, weights = self.pending
+            x = ratio * x_prev + weights[0] * m + sum(w * d for w, d in zip(weights[1:], self.history))
+        self.history = [m] + self.history[:self.order - 1]
+        return x
+
+    def predict(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """UniP from ``σ_i`` to ``σ_{i+1}`` (``m_i`` itself where ``σ_{i+1} = 0``)."""
+        if self.values[i + 1] == 0:  # λ = ∞: every order's step returns m_i
+            self.pending = None
+            return self.history[0]
+        n = len(self.values) - 1
+        p = min(self.order, len(self.history), n - i) if self.lower_order_final else min(self.order,
+                                                                                           len(self.history))
+        ratio, predictor, corrector = unipc_weights(self.lam, i, p, self.solver_type)
+        self.pending = None if i in self.skip else (x, ratio, corrector)
+        return ratio * x + sum(w * d for w, d in zip(predictor, self.history))
+
+
 @torch.no_grad()
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2, solver_type="bh2",
                  lower_order_final=True, disable_corrector=()):
@@ -109,27 +156,12 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
             a model output of the wrong shape).
         TypeError: as :func:`~sdekit.integrations.k_diffusion.sample_euler`.
     """
-    order = check_positive_int("order", order)
-    check_choice("solver_type", solver_type, ("bh1", "bh2"))
-    skip = {int(k) for k in disable_corrector}
     denoiser, _, _, values, kw = setup(model, x, sigmas, extra_args)
-    n = len(values) - 1
-    lam = [-math.log(v) for v in values if v > 0]
+    stepper = UniPCStepper(values, order, solver_type, lower_order_final, disable_corrector)
     ones = x.new_ones([x.shape[0]])
-    history = []  # m_i, m_{i−1}, … newest first
-    pending = None  # (x_i, corrector weights of step i) awaiting m_{i+1}
-    for i in trange(n, disable=disable):
+    for i in trange(len(values) - 1, disable=disable):
         m = check_model_output("denoiser", denoiser(x, sigmas[i] * ones, **kw), x)
-        if pending is not None:
-            x_prev, ratio, weights = pending
-            x = ratio * x_prev + weights[0] * m + sum(w * d for w, d in zip(weights[1:], history))
+        x = stepper.correct(x, m)
         report(callback, x, i, sigmas[i], sigmas[i], m)
-        history = [m] + history[:order - 1]
-        if values[i + 1] == 0:  # λ = ∞: every order's step returns m_i
-            x, pending = m, None
-            continue
-        p = min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
-        ratio, predictor, corrector = unipc_weights(lam, i, p, solver_type)
-        pending = None if i in skip else (x, ratio, corrector)
-        x = ratio * x + sum(w * d for w, d in zip(predictor, history))
+        x = stepper.predict(i, x)
     return x
