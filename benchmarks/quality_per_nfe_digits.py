@@ -15,7 +15,6 @@ that what the grid optimiser and the higher-order samplers gain on mixtures carr
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import quality_per_nfe_deterministic as Q
 import torch
+from timing import quick_or_full
 
 import sdekit
 from sdekit.demo.checkpoint import load_or_train
@@ -63,12 +63,8 @@ def digits_model():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="NFE 5 only, small batches (checks it runs)")
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    out = args.out or HERE / "results" / ("quality_per_nfe_digits" + ("_quick" if args.quick else "") + ".md")
+    quick, out = quick_or_full(argv, __doc__, "NFE 5 only, small batches (checks it runs)", "quality_per_nfe_digits", HERE)
+    cfg = QUICK if quick else FULL
     start = time.perf_counter()
     score, sde, t_model = digits_model()
     Q.SIGMA_MAX, Q.SIGMA_MIN = (float(v) for v in sigma_of_time(sde, torch.tensor([sde.T, EPS], dtype=Q.DTYPE)))
@@ -89,8 +85,8 @@ def main(argv=None):
     result = Q.run_model(problem, model, x_eval, x_cal, ref_eval, ref_cal, cfg, print)
     elapsed = time.perf_counter() - start
     summary, table, companion = Q.summarize([result], cfg)
-    cmd = "python benchmarks/quality_per_nfe_digits.py" + (" --quick" if args.quick else "")
-    parts = [f"# Deterministic sample error per NFE on the digits model{' (--quick)' if args.quick else ''}", "",
+    cmd = "python benchmarks/quality_per_nfe_digits.py" + (" --quick" if quick else "")
+    parts = [f"# Deterministic sample error per NFE on the digits model{' (--quick)' if quick else ''}", "",
              (f"Command: `{cmd}` (one torch thread; {elapsed:.0f} s on {platform.processor() or platform.machine()}, "
               f"Python {platform.python_version()}, torch {torch.__version__}).  σ̃ from {Q.SIGMA_MAX:.4g} to "
               f"{Q.SIGMA_MIN:.4g}, then 0; {cfg['n_eval']} held-out starts, grids fitted on {cfg['n_calib']} others; "

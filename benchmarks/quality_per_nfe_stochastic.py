@@ -33,7 +33,6 @@ Karras grid.  k-diffusion 0.1.1.post1's own ``sample_euler_ancestral``, ``sample
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
@@ -43,6 +42,7 @@ from pathlib import Path
 import torch
 from kdiffusion_loader import load_k_sampling
 from quality_per_nfe_deterministic import SIGMA_MAX, SIGMA_MIN, MixtureDenoiser, benchmark_mixture
+from timing import quick_or_full
 
 import sdekit
 from sdekit.integrations.k_diffusion import denoiser_score
@@ -80,7 +80,7 @@ PREDICTORS = {"ancestral": ("ancestral", 1, {}), "euler_maruyama": ("euler_maruy
 
 
 def metrics(x: torch.Tensor, mixture, params, boot: int, seed: int) -> dict:
-    w, mu, u, lam = params
+    w, mu = params[:2]
     r = mixture.responsibilities(x)  # (N, K) under the data law
     chol = torch.linalg.cholesky(mixture.covs)
     d = x.shape[1]
@@ -199,17 +199,13 @@ def summary(results: list, cfg: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="d = 2, NFE 10, 2000 samples (checks it runs)")
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    out = args.out or HERE / "results" / ("quality_per_nfe_stochastic" + ("_quick" if args.quick else "") + ".md")
+    quick, out = quick_or_full(argv, __doc__, "d = 2, NFE 10, 2000 samples (checks it runs)", "quality_per_nfe_stochastic", HERE)
+    cfg = QUICK if quick else FULL
     t0 = time.perf_counter()
     results = [run_problem(d, cfg, print) for d in cfg["dims"]]
     elapsed = time.perf_counter() - t0
-    cmd = "python benchmarks/quality_per_nfe_stochastic.py" + (" --quick" if args.quick else "")
-    parts = [f"# Stochastic sampler quality per NFE{' (--quick)' if args.quick else ''}", "",
+    cmd = "python benchmarks/quality_per_nfe_stochastic.py" + (" --quick" if quick else "")
+    parts = [f"# Stochastic sampler quality per NFE{' (--quick)' if quick else ''}", "",
              (f"Command: `{cmd}` (one torch thread; {elapsed:.0f} s on {platform.processor() or platform.machine()}, "
               f"Python {platform.python_version()}, torch {torch.__version__}); N = {cfg['n']} samples per row, "
               f"bootstrap SE from {cfg['boot']} resamples.  Metrics and rows: the module docstring."), "",

@@ -43,3 +43,18 @@ def cuda_or_smoke(smoke: bool, script: str) -> bool:
               "use --smoke to check the script on the CPU.", file=sys.stderr)
         return False
     return True
+
+
+def quick_or_full(argv, doc: str, quick_help: str, name: str, here):
+    """The ``--quick`` / ``--out`` command line of a quality benchmark: ``(quick, out path)``.
+
+    The default output is ``benchmarks/results/<name>.md`` (``<name>_quick.md`` under ``--quick``).
+    """
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    return args.quick, args.out or Path(here) / "results" / (name + ("_quick" if args.quick else "") + ".md")
