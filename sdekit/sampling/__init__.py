@@ -2,7 +2,7 @@
 
 from .correctors import AnnealedLangevin, Langevin
 from .denoise import tweedie_denoise
-from .grid import time_grid
+from .grid import GRIDS, sampling_grid, time_grid
 from .grid_optimizer import GridOptimizationInfo, karras_sigmas, optimize_sigmas
 from .langevin_mcmc import LangevinResult, langevin_mcmc
 from .ncsn import ncsn_levels, sample_ncsn
@@ -20,6 +20,7 @@ from .sample import SampleResult, sample
 
 __all__ = [
     "DDIM",
+    "GRIDS",
     "Ancestral",
     "AncestralSamplingPredictor",
     "AnnealedLangevin",
@@ -38,6 +39,7 @@ __all__ = [
     "optimize_sigmas",
     "sample",
     "sample_ncsn",
+    "sampling_grid",
     "time_grid",
     "tweedie_denoise",
 ]
