@@ -350,7 +350,7 @@ def _checked_arguments(sampler, model, x_calib, sigma_min, sigma_max, steps, ref
     return lo, hi, steps, basis, max_evals, extra, skw, candidates
 
 
-def _search(mse, grid0, e0, hi, lo, final_zero, basis, method, max_evals, xtol, ftol, runs):
+def _search(mse, grid0, e0, hi, lo, final_zero, basis, method, max_evals, xtol, ftol, runs) -> tuple:
     """SciPy's local search over the smooth log-gap correction from ``grid0``; ``(grid, error, free, message)``.
 
     ``runs[0]`` counts the sampler runs (shared with the caller's screening).
