@@ -290,3 +290,18 @@ def test_sample_on_vp_is_k_diffusions_sampler_on_the_scaled_process(method):
     alpha_T, alpha_eps = (float(v) for v in sde.mean_coeff(grid[[0, -1]]))
     theirs = getattr(kd, name)(denoiser, x_T / alpha_T, sigmas, disable=True, **kwargs) * alpha_eps
     assert float((ours.x - theirs).abs().max()) < 1e-11 * float(theirs.abs().max())
+
+
+def test_a_grid_ending_at_sigma_zero_needs_no_denoising_call():
+    """timesteps down to t = 0 (σ = 0, where a score model may divide by σ): the sampler's last step is D."""
+    sde = sdekit.VPSDE()
+    base = gaussian_score(sde)
+
+    def score(x, t):
+        assert bool((t > 0).all()), "the score was called at t = 0"
+        return base(x, t)
+
+    grid = torch.cat([sampling_grid(sde, 6, 1e-3, "logsnr")[:-1], torch.zeros(1, dtype=torch.float64)])
+    for method in ("dpmpp_3m", "unipc", "euler_ancestral"):
+        out = sdekit.sample(score, sde, (4, 2), method=method, timesteps=grid, seed=0, denoise=True)
+        assert bool(torch.isfinite(out.x).all()) and out.nfe.tolist() == [6] * 4

@@ -120,7 +120,8 @@ def sample_sigma_family(method: str, score, sde, x: torch.Tensor, grid: torch.Te
         sde: a linear SDE.
         x: ``(B, *D)`` state at ``t = grid[0]``.
         grid: ``(N + 1,)`` float64 strictly decreasing SDE times with ``σ(t) > 0``.
-        denoise: return ``E[x_0 | x]`` at ``grid[-1]`` (one more evaluation) instead of ``x``.
+        denoise: return ``E[x_0 | x]`` at ``grid[-1]`` (one more evaluation) instead of ``x``; a grid
+            ending where ``σ = 0`` ends at the data already (``x̃ = x_0``; no evaluation).
         seed, sample_index: the noise key (``(B,)`` int64) of every step's draw.
         model_kwargs: per-sample conditioning, passed to every call (the whole batch each time).
         method_options: options of the sampler (:func:`sampler_options`).
@@ -156,7 +157,9 @@ def sample_sigma_family(method: str, score, sde, x: torch.Tensor, grid: torch.Te
     n = grid.numel() - 1
     t_last = torch.full_like(t0, float(grid[-1]))
     monitor.after_step(n - 1, times[-2], out)
-    if denoise:
+    if denoise and float(sigma_grid[-1]) == 0:  # σ̃ = 0: x̃ is x_0 itself, no evaluation (σ = 0 there)
+        monitor.after_step(n, times[-1], out)
+    elif denoise:
         out = denoiser(out, sigmas[-1] * out.new_ones(out.shape[0]), **model_kwargs)
         monitor.after_step(n, times[-1], out)
     else:
