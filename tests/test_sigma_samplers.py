@@ -305,3 +305,18 @@ def test_a_grid_ending_at_sigma_zero_needs_no_denoising_call():
     for method in ("dpmpp_3m", "unipc", "euler_ancestral"):
         out = sdekit.sample(score, sde, (4, 2), method=method, timesteps=grid, seed=0, denoise=True)
         assert bool(torch.isfinite(out.x).all()) and out.nfe.tolist() == [6] * 4
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check.py)")
+
+
+@CUDA
+@pytest.mark.parametrize("method", ["ddim", "heun", "euler_ancestral", "dpmpp_2m_sde", "unipc", "deis"])
+@pytest.mark.parametrize("sde_name", ["vp", "discrete"])
+def test_cuda_samples_are_the_cpu_samples(method, sde_name):
+    """The GPU path: the same seed gives the CPU's samples (keyed noise; float64, torch backend)."""
+    sde = {"vp": sdekit.VPSDE(), "discrete": ALL_LINEAR["discrete"]}[sde_name]
+    labels = torch.tensor([0.0, 1.0, -1.0, 2.0])
+    runs = [sdekit.sample(labelled_score(sde), sde, (4, 3), method=method, steps=7, seed=3, dtype=torch.float64,
+                          device=dev, model_kwargs={"label": labels.to(dev)}).x.cpu() for dev in ("cpu", "cuda")]
+    assert torch.allclose(runs[0], runs[1], rtol=1e-9, atol=1e-10)
