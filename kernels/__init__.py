@@ -6,7 +6,7 @@
   Alg. 5) in two passes over the data;
 * :func:`rk_combine` — ``y + h Σ bᵢkᵢ``, the embedded error estimate and its
   per-sample RMS norm in one pass (embedded Runge–Kutta pairs);
-* :func:`normal` — keyed standard normals (the noise alone).
+* :func:`normal` — keyed standard normals (the noise alone, its own kernel).
 
 Noise is keyed on ``(seed, sample index, element, stream)`` exactly as in
 :mod:`sdekit.noise`, so a sample's noise does not depend on the batch it is
@@ -25,9 +25,10 @@ CUDA data (or ``backend="triton"``), and the kernels are compiled (or, under
 
 from typing import Any
 
-from .affine import affine_update, affine_update_ref, affine_update_triton, normal
+from .affine import affine_update, affine_update_ref, affine_update_triton
 from .backend import BACKENDS, ENV_VAR, resolve_backend
 from .langevin import langevin_step, langevin_step_ref, langevin_step_triton
+from .normal import normal, normal_ref, normal_triton
 from .rk import MAX_STAGES, rk_combine, rk_combine_ref, rk_combine_triton
 
 
@@ -53,6 +54,8 @@ __all__ = [
     "langevin_step_ref",
     "langevin_step_triton",
     "normal",
+    "normal_ref",
+    "normal_triton",
     "resolve_backend",
     "rk_combine",
     "rk_combine_ref",

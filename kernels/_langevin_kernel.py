@@ -6,20 +6,19 @@ import triton
 import triton.language as tl
 
 from ._tile import tile_index
-from .philox import key_words, normal_tile
+from .philox import keyed_normal_tile
 
 
 # Key words and stream are data, not compile-time constants (Triton would specialise a 1).
 @triton.jit(do_not_specialize=["k0", "k1", "stream"])
 def _sq_norms_kernel(part_ptr, s_ptr, z_ptr, idx_ptr, B, N, chunks, k0, k1, stream,
-                     NOISE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
-    # part[0, b, k] = Σ s², part[1, b, k] = Σ z² over chunk k of sample b.  NOISE: 1 Philox, 2 read z.
+                     BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
+    """``part[0, b, k] = Σ s²``, ``part[1, b, k] = Σ z²`` over chunk ``k`` of sample ``b``; ``z`` keyed Philox
+    where ``idx_ptr`` is given (then ``z_ptr`` is ``None``), else read from ``z_ptr``."""
     k, rows, _cols, row_ok, mask, offs = tile_index(tl.program_id(0), chunks, B, N, BLOCK_S, BLOCK_E)
     s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if NOISE == 1:
-        kw0, kw1, st = key_words(k0, k1, stream)
-        sample = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.uint32)
-        z = tl.where(mask, normal_tile(k, sample, st, kw0, kw1, BLOCK_S, BLOCK_E), 0.0)
+    if idx_ptr is not None:
+        z = tl.where(mask, keyed_normal_tile(idx_ptr, k, rows, row_ok, k0, k1, stream, BLOCK_S, BLOCK_E), 0.0)
     else:
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     part = rows.to(tl.int64) * chunks + k

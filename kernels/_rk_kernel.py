@@ -5,8 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._affine_kernel import load_coef
-from ._tile import tile_index
+from ._tile import load_coef, tile_index
 
 
 @triton.jit

@@ -1,4 +1,5 @@
-"""The tile every kernel works on (imports Triton: loaded by the kernel modules, at the first launch)."""
+"""The tile every kernel works on, and per-sample coefficients on it (imports Triton: loaded by the kernel
+modules, at the first launch)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,13 @@ def tile_index(pid, chunks, B, N, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
     mask = row_ok[:, None] & (cols < N)[None, :]
     offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
     return k, rows, cols, row_ok, mask, offs
+
+
+@triton.jit
+def load_coef(v, stride, rows, row_ok, IS_VEC: tl.constexpr):
+    """A coefficient as a ``(BLOCK_S, 1)`` float32 column: a scalar argument, or loaded per sample."""
+    if IS_VEC:
+        col = tl.load(v + rows * stride, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    else:
+        col = tl.zeros((rows.shape[0], 1), tl.float32) + v
+    return col

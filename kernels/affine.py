@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from sdekit.noise import _native_eager, counter_normal_unchecked
+from sdekit.noise import _native_eager
 
-from ._args import Coef, NoiseKey, check_data, check_out, coef, compute_dtype, noise_key
+from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
 from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
 from .backend import resolve_backend
+from .normal import key_normal_ref
 
 
 def _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out):
@@ -70,7 +71,7 @@ def affine_update_ref(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None,
         mean = mean + col["d"]
     new = mean
     if noise is not None:
-        zz = noise[1].to(cdt) if noise[0] == "z" else _ref_normal(noise[1], x.shape[1:]).to(cdt)
+        zz = noise[1].to(cdt) if noise[0] == "z" else key_normal_ref(noise[1], x.shape[1:]).to(cdt)
         new = mean + col["c"] * zz
     new = _write(new, out, x.dtype)
     return (new, mean.to(x.dtype)) if return_mean else new
@@ -132,10 +133,6 @@ def _native_affine(x, s, coefs: dict[str, Coef], noise, out, return_mean):
     return new
 
 
-def _ref_normal(key: NoiseKey, shape) -> torch.Tensor:
-    return counter_normal_unchecked(key.k0, key.k1, key.stream, key.sample_index, tuple(shape))
-
-
 def _write(v, out, dtype):
     if out is None:
         return v.to(dtype)
@@ -180,7 +177,7 @@ def affine_update_triton(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=No
 
 
 def _launch(new, mean, x, s, coefs: dict[str, Coef], noise):
-    """Launch the affine kernel; ``x`` or ``s`` may be ``None`` (then ``a`` or ``b`` is unused)."""
+    """Launch the affine kernel on contiguous ``x``/``s``; ``mean`` may be ``None``, as may the noise."""
     from ._affine_kernel import _affine_kernel  # imports Triton (once)
 
     B = new.shape[0]
@@ -191,24 +188,18 @@ def _launch(new, mean, x, s, coefs: dict[str, Coef], noise):
     chunks = cdiv(N, BLOCK_E)
     k0 = k1 = stream = 0
     z = idx = None
-    mode = 0
     if noise is not None and noise[0] == "key":
         key = noise[1]
-        k0, k1, stream, idx, mode = as_int32_word(key.k0), as_int32_word(key.k1), as_int32_word(key.stream), \
-            key.sample_index, 1
+        k0, k1, stream, idx = as_int32_word(key.k0), as_int32_word(key.k1), as_int32_word(key.stream), \
+            key.sample_index
     elif noise is not None:
-        z, mode = noise[1].contiguous(), 2
+        z = noise[1].contiguous()
         check_kernel_tensor("z", z, new)
-    ref = new  # placeholder for pointers a constexpr flag leaves unused
     args = [coefs[n].value for n in "abcd"] + [coefs[n].stride for n in "abcd"]
-    grid = (cdiv(B, BLOCK_S) * chunks,)
-    _affine_kernel[grid](
-        new, mean if mean is not None else ref, x if x is not None else ref, s if s is not None else ref,
-        z if z is not None else ref, idx if idx is not None else ref,
-        *args, B, N, chunks, k0, k1, stream,
+    _affine_kernel[(cdiv(B, BLOCK_S) * chunks,)](
+        new, x, None if coefs["b"].is_zero() else s, mean, z, idx, *args, B, N, chunks, k0, k1, stream,
         A_VEC=coefs["a"].is_vec, B_VEC=coefs["b"].is_vec, C_VEC=coefs["c"].is_vec, D_VEC=coefs["d"].is_vec,
-        HAS_X=x is not None, HAS_S=s is not None and not coefs["b"].is_zero(), HAS_D=not coefs["d"].is_zero(),
-        NOISE=mode, WRITE_MEAN=mean is not None, BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E, num_warps=NUM_WARPS,
+        BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E, num_warps=NUM_WARPS,
     )
 
 
@@ -225,24 +216,4 @@ def affine_update(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None, str
               return_mean=return_mean)
 
 
-def normal(seed: int, sample_index: torch.Tensor, stream: int, shape, *, dtype=torch.float32, backend=None):
-    """Standard normals ``(B, *shape)`` keyed like :func:`sdekit.noise.counter_normal`, on ``sample_index``'s device.
-
-    The Triton path draws them with the affine kernel (``c = 1``, no ``x``/``s``);
-    the reference is :func:`sdekit.noise.counter_normal_unchecked`.  No host sync
-    (``sample_index`` values are not range-checked).
-    """
-    B = sample_index.shape[0]
-    key = noise_key(seed, sample_index, stream, B, sample_index.device)
-    if resolve_backend(backend, sample_index.device, dtype) == "torch":
-        return _ref_normal(key, tuple(shape)).to(dtype)
-    new = torch.empty((B,) + tuple(shape), dtype=dtype, device=sample_index.device)
-    check_kernel_tensor("output", new)
-    if new.numel() == 0:
-        return new
-    coefs = {"a": Coef(0.0, 0), "b": Coef(0.0, 0), "c": Coef(1.0, 0), "d": Coef(0.0, 0)}
-    _launch(new, None, None, None, coefs, ("key", key))
-    return new
-
-
-__all__ = ["affine_update", "affine_update_ref", "affine_update_triton", "normal"]
+__all__ = ["affine_update", "affine_update_ref", "affine_update_triton"]

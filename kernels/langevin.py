@@ -21,8 +21,9 @@ import torch
 from . import affine as _affine
 from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
 from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
-from .affine import _launch, _ref_normal
+from .affine import _launch
 from .backend import resolve_backend
+from .normal import key_normal_ref
 
 
 def step_size(s_norm: torch.Tensor, z_norm: torch.Tensor, snr: float, alpha, per_sample_norm: bool) -> torch.Tensor:
@@ -70,7 +71,7 @@ def langevin_step_ref(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=None, 
     """
     alpha, noise = _inputs(x, s, snr, alpha, seed, sample_index, stream, z, out)
     cdt = compute_dtype(x.dtype)
-    zz = noise[1] if noise[0] == "z" else _ref_normal(noise[1], x.shape[1:])
+    zz = noise[1] if noise[0] == "z" else key_normal_ref(noise[1], x.shape[1:])
     s_c, z_c = s.to(cdt), zz.to(cdt)
     a = alpha.value.to(cdt) if alpha.is_vec else alpha.value
     eps = norm_step_size(s_c, z_c, float(snr), a, per_sample_norm)
@@ -137,16 +138,15 @@ def langevin_step_triton(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=Non
     part = torch.empty((2, B, chunks), dtype=torch.float32, device=x.device)
     if noise[0] == "key":
         key = noise[1]
-        zt, idx, mode = part, key.sample_index, 1
+        zt, idx = None, key.sample_index
         k0, k1, st = as_int32_word(key.k0), as_int32_word(key.k1), as_int32_word(key.stream)
     else:
         zt = noise[1].contiguous()
         check_kernel_tensor("z", zt, x)
-        idx, mode, k0, k1, st = part, 2, 0, 0, 0
+        idx, k0, k1, st = None, 0, 0, 0
         noise = ("z", zt)
     _sq_norms_kernel[(cdiv(B, BLOCK_S) * chunks,)](
-        part, s, zt, idx, B, N, chunks, k0, k1, st, NOISE=mode, BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E,
-        num_warps=NUM_WARPS)
+        part, s, zt, idx, B, N, chunks, k0, k1, st, BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E, num_warps=NUM_WARPS)
     norms = row_sum(part.view(2 * B, chunks)).view(2, B).sqrt()
     a = alpha.value.to(torch.float32) if alpha.is_vec else alpha.value
     eps = step_size(norms[0], norms[1], float(snr), a, per_sample_norm)

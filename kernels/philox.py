@@ -68,3 +68,12 @@ def normal_tile(k, sample, stream, k0, k1, BLOCK_S: tl.constexpr, BLOCK_E: tl.co
 def key_words(k0, k1, stream):
     """Kernel arguments (int32 bit patterns) → uint32 scalars."""
     return k0.to(tl.uint32, bitcast=True), k1.to(tl.uint32, bitcast=True), stream.to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def keyed_normal_tile(idx_ptr, k, rows, row_ok, k0, k1, stream, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
+    """:func:`normal_tile` for the tile's samples: their indices loaded from ``idx_ptr`` (int64 ``(B,)``),
+    the key words and stream from the kernel's int32 arguments (:func:`key_words`)."""
+    kw0, kw1, st = key_words(k0, k1, stream)
+    sample = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.uint32)
+    return normal_tile(k, sample, st, kw0, kw1, BLOCK_S, BLOCK_E)

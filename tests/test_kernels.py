@@ -113,6 +113,21 @@ def test_kernel_noise_equals_the_reference_noise(shape):
     torch.testing.assert_close(half.cpu().float(), ref, rtol=2**-7, atol=NOISE_ATOL)
 
 
+def test_normal_has_its_own_kernel_and_reference():
+    """``normal_triton`` (its own kernel) and ``normal_ref`` draw the words the fused update adds: the affine
+    update of ``x = 0`` with ``c = 1`` is the same noise, on both backends."""
+    idx = torch.tensor([3, BIG_INDEX, 0], device=DEVICE)
+    z = K.normal_triton(SEED, idx, 7, (2, 33))
+    ref = K.normal_ref(SEED, idx.cpu(), 7, (2, 33))
+    torch.testing.assert_close(z.cpu(), ref, rtol=0, atol=NOISE_ATOL)
+    zero = torch.zeros((3, 2, 33), device=DEVICE)
+    fused = K.affine_update_triton(zero, zero, 1.0, 0.0, 1.0, seed=SEED, sample_index=idx, stream=7)
+    torch.testing.assert_close(fused, z, rtol=0, atol=0)
+    assert torch.equal(K.normal(SEED, idx.cpu(), 7, (2, 33), backend="torch"), ref)
+    with pytest.raises(ValueError, match="sample_index"):
+        K.normal_ref(SEED, torch.zeros((2, 2), dtype=torch.int64), 0, (4,))
+
+
 def test_kernel_noise_normal_law():
     """Mean 0, variance 1, kurtosis 3, KS, tail mass; no correlation across elements, groups, samples, streams."""
     n, d = 4096, 8
