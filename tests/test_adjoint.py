@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sdekit.solvers.adjoint import odeint_adjoint
-from sdekit.solvers.odeint import METHODS, odeint
+from sdekit.solvers.odeint import ODEINT_METHODS, odeint
 from sdekit.solvers.tableaus import TABLEAUS
 
 f64 = {"dtype": torch.float64}
@@ -36,7 +36,7 @@ def _shear(theta):
     return f
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS)))
+@pytest.mark.parametrize("method", sorted(set(ODEINT_METHODS)))
 def test_gradcheck_every_method_on_a_problem_it_solves_exactly(method):
     """gradcheck wrt (y0, t, θ) at default solver tolerances and tight check tolerances.
 

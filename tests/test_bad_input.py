@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sdekit
-from sdekit.sampling.sample import METHODS
+from sdekit.sampling.sample import SAMPLE_METHODS
 from sdekit.sampling.sigma_samplers import SIGMA_SAMPLERS
 
 VP = sdekit.VPSDE()
@@ -254,7 +254,7 @@ def _draw(data, good: dict, bad: dict) -> tuple[dict, list]:
     return kwargs, names
 
 
-SAMPLE_GOOD = dict(method=list(METHODS), steps=[1, 2, 3, 2.0], eps=[None, 1e-3, 0.5, 0.999],
+SAMPLE_GOOD = dict(method=list(SAMPLE_METHODS), steps=[1, 2, 3, 2.0], eps=[None, 1e-3, 0.5, 0.999],
                    shape=[(2, 2), (1, 3), (3, 1, 2)], corrector=[None, "langevin"], device=[None, "cpu"])
 SAMPLE_BAD = dict(method=["bogus", None], steps=[0, -1, 2.5, INF, NAN, True, "1", None],
                   eps=[0, 0.0, -1e-3, 1.0, 2.0, NAN, INF, True, "0.1"],

@@ -9,7 +9,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed 
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 import sdekit
-from sdekit.integrations.diffusers_scheduler import METHODS, SDEScheduler
+from sdekit.integrations.diffusers_scheduler import SCHEDULER_METHODS, SDEScheduler
 from sdekit.testing import fit_order
 
 STEPS = 20  # inference steps in the pipeline tests
@@ -21,7 +21,7 @@ def _ddpm_config():
 
 DDPM_CONFIG = _ddpm_config()  # the pipeline's own scheduler config, as from_config receives it
 VARIANTS = [  # SDEScheduler options: every method, and PC with each corrector
-    {"method": m} for m in METHODS
+    {"method": m} for m in SCHEDULER_METHODS
 ] + [
     {"method": "euler_maruyama", "corrector": "langevin"},
     {"method": "reverse_diffusion", "corrector": "annealed_langevin", "corrector_steps": 2},

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sdekit.brownian import BrownianTree, CallableBrownian, SequentialBrownian
-from sdekit.solvers.sde import METHODS, LogODEMidpoint, Midpoint, as_problem, resolve
+from sdekit.solvers.sde import SDEINT_METHODS, LogODEMidpoint, Midpoint, as_problem, resolve
 from sdekit.solvers.sde.registry import NOT_PROVIDED, TORCHSDE_SDE_TYPES, method_names
 from sdekit.testing import fit_order
 from sdekit.testing.sde_problems import GBM, ArctanProblem
@@ -49,7 +49,7 @@ def _interval(size, levy, entropy=7, t1=1.0):
 
 def test_registry_and_names():
     assert "log_ode" not in NOT_PROVIDED
-    assert METHODS["log_ode"] is LogODEMidpoint
+    assert SDEINT_METHODS["log_ode"] is LogODEMidpoint
     assert "log_ode" in method_names()
     assert TORCHSDE_SDE_TYPES["log_ode"] == ("stratonovich",)
     for noise_type in ("diagonal", "scalar", "additive", "general"):

@@ -19,7 +19,7 @@ from diffusers import (
 
 import sdekit
 from sdekit.integrations.diffusers_model import score_from_diffusers
-from sdekit.integrations.diffusers_scheduler import METHODS, SDEScheduler
+from sdekit.integrations.diffusers_scheduler import SCHEDULER_METHODS, SDEScheduler
 
 MU, LAM = 0.5, 0.3  # Gaussian data N(MU, LAM) per coordinate: the exact ε-network is known
 
@@ -48,7 +48,7 @@ PUBLIC_CONFIGS = {
                       "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
                       "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False},
 }
-METHOD_VARIANTS = [{"method": m} for m in METHODS] + [
+METHOD_VARIANTS = [{"method": m} for m in SCHEDULER_METHODS] + [
     {"method": "euler_maruyama", "corrector": "langevin", "corrector_steps": 2},
     {"method": "ancestral", "use_karras_sigmas": True},
 ]

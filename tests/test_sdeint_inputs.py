@@ -7,7 +7,7 @@ import torch
 
 import sdekit
 from sdekit.brownian import BrownianTree
-from sdekit.solvers.sde import METHODS, method_names, resolve
+from sdekit.solvers.sde import SDEINT_METHODS, method_names, resolve
 from sdekit.testing.sde_problems import GBM, AdditiveProblem, ArctanProblem, ScalarNoiseGBM
 
 F64 = torch.float64
@@ -108,7 +108,7 @@ def test_method_defaults_aliases_and_options():
                        sdekit.sdeint(AdditiveProblem(), y1, method="sra1", **kw))
     assert torch.equal(sdekit.sdeint(GBM(), Y0, method="srk", **kw), sdekit.sdeint(GBM(), Y0, method="sri2", **kw))
     # Every registered solver declares its orders for every noise type it supports.
-    for cls in METHODS.values():
+    for cls in SDEINT_METHODS.values():
         for nt in cls.noise_types:
             assert cls.strong_order(nt) in (0.5, 1.0, 1.5)
             assert cls.weak_order(nt) in (None, 1.0, 2.0)

@@ -21,7 +21,8 @@ import torch
 
 #: The SDE methods (one ``step`` = one stage of the sampler; see the scheduler's module docstring).
 SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ddim")
-METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc")
+#: Every ``method`` of :class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`.
+SCHEDULER_METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc")
 SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_GRIDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 #: ᾱ at the last timestep of a zero-terminal-SNR schedule of fewer than 3 timesteps (diffusers' Euler floor).

@@ -77,7 +77,7 @@ from . import _scheduler_stages as stages
 from ._scheduler_lookup import TimestepLookup
 from ._scheduler_noise import KeyedNoise
 from ._scheduler_schedule import (
-    METHODS,
+    SCHEDULER_METHODS,
     SDE_METHODS,
     SIGMA_GRIDS,
     SPACINGS,
@@ -91,7 +91,10 @@ from .k_diffusion_unipc import UniPCStepper
 
 PREDICTION_TYPES = {"epsilon": score_from_epsilon, "sample": score_from_x0, "v_prediction": score_from_v}
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
-__all__ = ["METHODS", "SDEScheduler", "SDESchedulerOutput"]
+#: The former name, kept so that programs importing it keep working.
+METHODS = SCHEDULER_METHODS
+
+__all__ = ["SCHEDULER_METHODS", "SDEScheduler", "SDESchedulerOutput"]
 
 
 @dataclass
@@ -198,7 +201,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         disable_corrector: list | None = None,
     ):
         check_positive_int("num_train_timesteps", num_train_timesteps)
-        check_choice("method", method, METHODS)
+        check_choice("method", method, SCHEDULER_METHODS)
         check_choice("prediction_type", prediction_type, tuple(PREDICTION_TYPES))
         check_choice("timestep_spacing", timestep_spacing, SPACINGS)
         if variance_type is not None and variance_type not in VARIANCE_TYPES:

@@ -19,7 +19,7 @@ import torch
 
 from .._checks import check_choice, check_positive_int
 from ..faults import NonFiniteMonitor
-from ..sampling.sample import METHODS, sample
+from ..sampling.sample import SAMPLE_METHODS, sample
 from .conditioning import build_conditioning, check_cond_spec
 from .config import environment
 from .distributed import join
@@ -44,7 +44,7 @@ def sample_config(*, model, model_kwargs=None, sde="VPSDE", sde_kwargs=None, sha
     Raises:
         ValueError / TypeError: naming the bad argument.
     """
-    check_choice("method", method, METHODS)
+    check_choice("method", method, SAMPLE_METHODS)
     check_choice("dtype", dtype, tuple(DTYPES))
     check_choice("device", device, ("cpu", "cuda"))
     shape = [check_positive_int("shape entry", s) for s in shape]

@@ -32,7 +32,10 @@ from .._checks import check_callable, check_choice, check_finite, check_positive
 from ..conditioning import check_model_kwargs
 from ..kernels import normal
 
-METHODS = ("ula", "mala")
+MCMC_METHODS = ("ula", "mala")
+
+#: The former name, kept so that programs importing it keep working.
+METHODS = MCMC_METHODS
 
 
 @dataclass
@@ -130,7 +133,7 @@ def langevin_mcmc(
     if x_init.shape[0] == 0 or x_init.dim() < 2:
         raise ValueError(f"x_init must have shape (B, *D) with B >= 1, got {tuple(x_init.shape)}")
     check_finite("x_init", x_init)
-    check_choice("method", method, METHODS)
+    check_choice("method", method, MCMC_METHODS)
     if score is None and log_prob is None:
         raise ValueError("give score or log_prob (or both)")
     if score is not None:

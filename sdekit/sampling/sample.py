@@ -34,7 +34,11 @@ from .grid import GRIDS, sampling_grid, time_grid
 from .predictors import PREDICTORS, AbstractPredictor, AncestralSamplingPredictor, DDIMPredictor
 from .sigma_samplers import SIGMA_SAMPLERS, sample_sigma_family
 
-METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m", "ncsn") + tuple(SIGMA_SAMPLERS)
+#: Every ``method`` of :func:`sample`.
+SAMPLE_METHODS = tuple(PREDICTORS) + ("ode", "dpmpp_2m", "ncsn") + tuple(SIGMA_SAMPLERS)
+
+#: The former name, kept so that programs importing it keep working.
+METHODS = SAMPLE_METHODS
 
 
 @dataclass
@@ -281,7 +285,7 @@ def sample(
     """
     shape = _check_shape(shape)
     check_sde("sde", sde)
-    check_choice("method", method, METHODS)
+    check_choice("method", method, SAMPLE_METHODS)
     _check_method_arguments(sde, method, corrector, corrector_norm, grid, timesteps, capturable, method_options,
                             variance_type)
     snr = check_positive("snr", snr)

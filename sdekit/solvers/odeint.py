@@ -23,7 +23,10 @@ METHOD_ALIASES = {"heun2": "heun", "fixed_adams": "implicit_adams"}
 #: Multistep methods on a fixed grid (:mod:`sdekit.solvers.adams`).
 ADAMS_METHODS = ("explicit_adams", "implicit_adams")
 #: Every ``method`` odeint accepts.
-METHODS = tuple(TABLEAUS) + ADAMS_METHODS + tuple(IMPLICIT_METHODS) + ("scipy_solver",) + tuple(METHOD_ALIASES)
+ODEINT_METHODS = tuple(TABLEAUS) + ADAMS_METHODS + tuple(IMPLICIT_METHODS) + ("scipy_solver",) + tuple(METHOD_ALIASES)
+
+#: The former name, kept so that programs importing it keep working.
+METHODS = ODEINT_METHODS
 
 _ADAPTIVE_OPTIONS = {"first_step", "min_step", "max_step", "step_t", "jump_t", "norm", "max_num_steps"}
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp", "max_num_steps"}
@@ -76,8 +79,8 @@ def _check_times(t, y0: torch.Tensor, event: bool) -> torch.Tensor:
 def _resolve_method(method) -> str:
     if method is None:
         return "dopri5"
-    if not isinstance(method, str) or METHOD_ALIASES.get(method, method) not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if not isinstance(method, str) or METHOD_ALIASES.get(method, method) not in ODEINT_METHODS:
+        raise ValueError(f"method must be one of {sorted(ODEINT_METHODS)}, got {method!r}")
     return METHOD_ALIASES.get(method, method)
 
 

@@ -8,13 +8,14 @@ from .log_ode import LogODEMidpoint
 from .midpoint import Midpoint
 from .milstein import DerivativeFreeMilstein, Milstein
 from .problem import NOISE_TYPES, SDE_TYPES, SDEProblem, as_problem
-from .registry import METHODS, default_method, method_names, resolve
+from .registry import METHODS, SDEINT_METHODS, default_method, method_names, resolve
 from .reversible_heun import ReversibleHeun
 from .srk import SRA1Solver, SRA3Solver, SRI2Solver
 
 __all__ = [
     "METHODS",
     "NOISE_TYPES",
+    "SDEINT_METHODS",
     "SDE_TYPES",
     "AbstractSDESolver",
     "DerivativeFreeMilstein",

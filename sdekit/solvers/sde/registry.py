@@ -13,11 +13,14 @@ from .reversible_heun import ReversibleHeun
 from .srk import SRA1Solver, SRA3Solver, SRI2Solver
 
 #: method name → solver class.
-METHODS: dict[str, type[AbstractSDESolver]] = {
+SDEINT_METHODS: dict[str, type[AbstractSDESolver]] = {
     cls.name: cls
     for cls in (EulerMaruyama, Milstein, DerivativeFreeMilstein, Heun, EulerHeun, Midpoint, ReversibleHeun,
                 SRA1Solver, SRA3Solver, SRI2Solver, LogODEMidpoint)
 }
+
+#: The former name, kept so that programs importing it keep working.
+METHODS = SDEINT_METHODS
 
 #: other accepted names → canonical name ("srk" is resolved by noise type, as torchsde does).
 ALIASES = {"euler_maruyama": "euler", "milstein_grad_free": "derivative_free_milstein"}
@@ -42,7 +45,7 @@ TORCHSDE_SDE_TYPES = {"euler": ("ito",), "srk": ("ito",), "milstein": ("ito", "s
 
 def method_names() -> list[str]:
     """Every accepted ``method=`` string."""
-    return sorted(set(METHODS) | set(ALIASES) | {"srk"})
+    return sorted(set(SDEINT_METHODS) | set(ALIASES) | {"srk"})
 
 
 def resolve(method: str, noise_type: str, sde_type: str, options: dict | None = None,
@@ -78,7 +81,7 @@ def resolve(method: str, noise_type: str, sde_type: str, options: dict | None = 
         name = SRK_BY_NOISE[noise_type]
     if name == "milstein" and options and options.get("grad_free"):
         name = "derivative_free_milstein"
-    return METHODS[name]
+    return SDEINT_METHODS[name]
 
 
 def default_method(noise_type: str, sde_type: str, torchsde_style: bool = False) -> str:
