@@ -138,6 +138,26 @@ def test_tweedie_denoise_with_a_mean_offset():
     assert_mean_close(tweedie_denoise(sde, MIX.score_model(sde), x_t, t), MIX.weights @ MIX.means, what="OU Tweedie mean")
 
 
+@pytest.mark.parametrize("alpha, offset", [(1.0, 0.0), (0.6, 0.0), (0.6, -0.7), (0.9, 1.3)])
+def test_posterior_mean_is_the_gaussian_posterior_mean(alpha, offset):
+    """``x_0 ~ N(μ, v)``, ``x_t = α x_0 + c + σ ε``: Tweedie's formula with the exact score is the
+    closed-form posterior mean ``μ + α v (x − c − α μ)/(α² v + σ²)``, in the state and in the scaled
+    variable ``x̃ = (x − c)/α`` (``alpha = 1``, ``offset = 0``, variance ``σ²/α``)."""
+    from sdekit.sampling import posterior_mean
+
+    mu, v, var = 0.4, 2.0, 0.3
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(13, 1)
+    marginal_var = alpha**2 * v + var
+    score = -(x - offset - alpha * mu) / marginal_var
+    exact = mu + alpha * v * (x - offset - alpha * mu) / marginal_var
+    torch.testing.assert_close(posterior_mean(x, score, var, alpha, offset), exact, rtol=1e-14, atol=1e-14)
+    scaled = posterior_mean((x - offset) / alpha, score, var / alpha)
+    torch.testing.assert_close(scaled, exact, rtol=1e-14, atol=1e-14)
+    col = torch.full((13, 1), alpha, dtype=torch.float64)  # per-sample tensors broadcast
+    torch.testing.assert_close(posterior_mean(x, score, var * torch.ones_like(col), col, offset * torch.ones_like(col)),
+                               exact, rtol=1e-14, atol=1e-14)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("method, corrector, opts", SAMPLERS)

@@ -13,6 +13,7 @@ import torch
 
 from .._checks import expand_as_batch
 from ..sampling.correctors import CORRECTORS
+from ..sampling.denoise import posterior_mean
 from ..sampling.dpm_solver import dpmpp_2m_update
 from ..sampling.predictors import PREDICTORS, DDIMPredictor
 from ..score_models import score_from_x0
@@ -54,7 +55,7 @@ def score_and_x0(cfg, adapter, sde, model_output, sample, t):
     score = adapter(Frozen(model_output), sde)(sample, t).to(sample.dtype)
     m = expand_as_batch(sde.mean_coeff(t), sample)
     var = expand_as_batch(sde.std(t) ** 2, sample)
-    x0 = ((sample + var * score) / m).to(sample.dtype)
+    x0 = posterior_mean(sample, score, var, m).to(sample.dtype)
     if cfg.thresholding:
         x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
     elif cfg.clip_sample:

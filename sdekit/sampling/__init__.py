@@ -1,7 +1,7 @@
 """Reverse-time samplers: predictors, correctors, probability-flow ODE, NCSN's annealed Langevin, ULA/MALA."""
 
 from .correctors import AnnealedLangevin, Langevin
-from .denoise import tweedie_denoise
+from .denoise import posterior_mean, tweedie_denoise
 from .grid import GRIDS, sampling_grid, time_grid
 from .grid_optimizer import GridOptimizationInfo, karras_sigmas, optimize_sigmas
 from .langevin_mcmc import LangevinResult, langevin_mcmc
@@ -37,6 +37,7 @@ __all__ = [
     "langevin_mcmc",
     "ncsn_levels",
     "optimize_sigmas",
+    "posterior_mean",
     "sample",
     "sample_ncsn",
     "sampling_grid",

@@ -21,6 +21,27 @@ def tweedie_coefficients(sde, t: torch.Tensor):
     return 1 / m, sde.std(t) ** 2 / m, -sde.mean_offset(t) / m
 
 
+def posterior_mean(x: torch.Tensor, s: torch.Tensor, var, alpha=1.0, offset=0.0) -> torch.Tensor:
+    """Tweedie's formula ``E[x_0 | x_t = x] = (x − c + σ² s) / α``, for ``x_t = α x_0 + c + σ ε``.
+
+    Source: Efron 2011 (Tweedie's formula); Song et al. 2021, Appendix G; Karras et al. 2022, eq. 3 (in
+    the scaled variable ``x̃ = (x − c)/α`` it is ``x̃ + (σ²/α) s``: ``alpha = 1``, ``offset = 0``).  The one
+    place sdekit writes it: the samplers' x̂₀ (DPM-Solver++, the diffusers scheduler, the k-diffusion
+    denoiser of a score model, the final denoising step) all call it.  A Python ``offset`` of 0 or
+    ``alpha`` of 1 is skipped (the result is exact either way).
+
+    Args:
+        x: ``(B, *D)`` state ``x_t``.  s: ``(B, *D)`` score ``∇ log p_t(x)``.
+        var, alpha, offset: ``σ(t)²``, ``α(t)``, ``c(t)``: Python floats or tensors broadcasting against
+            ``x`` (e.g. ``(B, 1, …)`` columns for per-sample times).
+    Returns:
+        ``(B, *D)``, ``x``'s dtype for float coefficients (torch's promotion otherwise).
+    """
+    num = x if isinstance(offset, (int, float)) and offset == 0 else x - offset
+    num = num + var * s
+    return num if isinstance(alpha, (int, float)) and alpha == 1 else num / alpha
+
+
 def tweedie_denoise(sde, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``E[x_0 | x_t = x] = (x − c(t) + σ(t)² s(x, t)) / m(t)``.
 
@@ -37,4 +58,4 @@ def tweedie_denoise(sde, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tenso
     check_denoisable(sde)
     col = lambda v: expand_as_batch(v.to(x.dtype), x)
     s = score(x, t.to(x.dtype))
-    return (x - col(sde.mean_offset(t)) + col(sde.std(t) ** 2) * s) / col(sde.mean_coeff(t))
+    return posterior_mean(x, s, col(sde.std(t) ** 2), col(sde.mean_coeff(t)), col(sde.mean_offset(t)))

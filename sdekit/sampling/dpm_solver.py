@@ -30,6 +30,7 @@ import torch
 from .._checks import check_positive_int
 from ..faults import as_monitor
 from ..sdes.base import AbstractLinearSDE
+from .denoise import posterior_mean
 from .grid import time_grid
 
 
@@ -188,7 +189,7 @@ def sample_dpmpp_2m(score, sde, x: torch.Tensor, grid: torch.Tensor, denoise: bo
 
     def data_prediction(x, i):  # x̂_0 = (x − c + σ² s)/α at t_i
         t = torch.full((B,), times[i], dtype=x.dtype, device=x.device)
-        return (x - co.offset[i] + co.sigma[i] ** 2 * score(x, t)) / co.alpha[i]
+        return posterior_mean(x, score(x, t), co.sigma[i] ** 2, co.alpha[i], co.offset[i])
 
     y = x - co.offset[0]
     x0_prev = None

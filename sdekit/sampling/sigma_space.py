@@ -26,6 +26,7 @@ from ..sdes.edm import EDMSDE
 from ..sdes.subvp import SubVPSDE
 from ..sdes.ve import VESDE
 from ..sdes.vp import VPSDE
+from .denoise import posterior_mean
 from .dpm_solver import log_snr
 
 #: Bisection halvings of the time interval: 2^-80 of it, below float64 resolution.
@@ -128,4 +129,4 @@ class ScaledDenoiser:
         s = check_model_output("score", self.score(x, t.to(x.dtype), **model_kwargs), x)
         self.nfe += 1
         gain = (sigma.to(torch.float64) * self.sde.std(t)).to(x.dtype)  # σ̃ σ = σ²/α
-        return x_scaled + expand_as_batch(gain, x) * s
+        return posterior_mean(x_scaled, s, expand_as_batch(gain, x))  # x̃ + (σ²/α) s
