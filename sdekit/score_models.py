@@ -54,6 +54,17 @@ def _unbind_inner(fn):
     return unbind() if callable(unbind) else None
 
 
+class Frozen:
+    """A "network" that returns one precomputed output ``(B, *D)`` whatever its input, so the adapters and
+    samplers can take an output the caller already has (a pipeline's model call, a denoiser's last value)."""
+
+    def __init__(self, out: torch.Tensor):
+        self.out = out
+
+    def __call__(self, x, t, **model_kwargs):
+        return self.out
+
+
 class _Adapter:
     """Shared plumbing: the SDE, the network and a map from SDE time to network time."""
 

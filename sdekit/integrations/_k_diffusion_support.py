@@ -19,7 +19,7 @@ from .._checks import check_model_output, check_tensor, expand_as_batch
 from ..conditioning import check_model_kwargs, flatten_model_kwargs
 from ..kernels import normal
 from ..noise import check_sample_index, split_seed
-from ..score_models import score_from_denoiser
+from ..score_models import Frozen, score_from_denoiser
 from ..sdes.edm import EDMSDE
 
 #: The SDE of every sampler: only ``σ(t) = t`` enters the steps, its σ_min/σ_max are not used.
@@ -95,6 +95,13 @@ def setup(model, x, sigmas, extra_args):
     denoiser = Denoiser(model)
     score = score_from_denoiser(denoiser, SDE)
     return denoiser, score, SDE.probability_flow(score), values, extra_args
+
+
+def flow_slope(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The probability-flow slope ``dx/dσ = (x − D)/σ`` (Karras et al. 2022, eq. 3) for a known ``D``:
+    the same arithmetic as the samplers' ``flow.drift(x, sigma)`` (:func:`setup`), without a model call.
+    ``x``, ``denoised`` ``(B, *D)``; ``sigma`` ``(B,)``."""
+    return SDE.probability_flow(score_from_denoiser(Frozen(denoised), SDE)).drift(x, sigma)
 
 
 def noise_source(x, seed, sample_index, generator) -> Callable[[int], torch.Tensor]:

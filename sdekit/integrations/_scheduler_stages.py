@@ -16,17 +16,7 @@ from ..sampling.correctors import CORRECTORS
 from ..sampling.denoise import posterior_mean
 from ..sampling.dpm_solver import dpmpp_2m_update
 from ..sampling.predictors import PREDICTORS, DDIMPredictor
-from ..score_models import score_from_x0
-
-
-class Frozen:
-    """A "network" that returns one precomputed output, so sdekit's adapters and samplers can use it."""
-
-    def __init__(self, out: torch.Tensor):
-        self.out = out
-
-    def __call__(self, x, t, **model_kwargs):
-        return self.out
+from ..score_models import Frozen, score_from_x0
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:

@@ -103,5 +103,5 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         ValueError / TypeError: as :func:`~sdekit.integrations.k_diffusion.sample_lms`.
     """
     order = check_positive_int("order", order)
-    return slope_multistep(model, x, sigmas, extra_args, callback, disable,
-                           lambda v: deis_coefficients(v, order, lower_order_final))
+    return slope_multistep(model, x, sigmas, extra_args, callback, disable, order,
+                           lambda v, m: deis_coefficients(v, m, lower_order_final))

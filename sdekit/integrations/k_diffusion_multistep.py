@@ -19,9 +19,10 @@ from tqdm.auto import trange
 
 from .._checks import check_choice, check_model_output, check_nonnegative, check_positive_int, check_real
 from ..sampling.dpm_solver import dpmpp_2m_coefficients, log_snr
-from ._k_diffusion_support import SDE, report, setup, step_noise
+from ._k_diffusion_support import SDE, flow_slope, report, setup, step_noise
 
-__all__ = ["lms_coefficients", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_lms"]
+__all__ = ["DPMSolverSDEStepper", "SlopeMultistepStepper", "lms_coefficients", "sample_dpmpp_2m_sde",
+           "sample_dpmpp_3m_sde", "sample_lms"]
 
 
 def lms_coefficients(sigmas, order: int) -> list[list[float]]:
@@ -90,25 +91,62 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         TypeError: on a non-integer ``order``, a non-callable model or non-mapping ``extra_args``.
     """
     order = check_positive_int("order", order)
-    return slope_multistep(model, x, sigmas, extra_args, callback, disable, lambda v: lms_coefficients(v, order))
+    return slope_multistep(model, x, sigmas, extra_args, callback, disable, order, lms_coefficients)
 
 
-def slope_multistep(model, x, sigmas, extra_args, callback, disable, coefficients):
-    """The loop of a linear multistep method on the flow slopes: ``x ← x + Σ_j c_ij ε_{i−j}``.
+class SlopeMultistepStepper:
+    """The state of one linear-multistep run on the flow slopes (LMS, DEIS): ``x ← x + Σ_j c_ij ε_{i−j}``.
 
-    ``coefficients(values)`` gives the weights per step (newest slope first)
-    from the host copy of ``sigmas``; ``ε_k = (x_k − D(x_k, σ_k))/σ_k``.
+    The one step implementation behind :func:`sample_lms`, :func:`~sdekit.integrations.k_diffusion.sample_deis`
+    and the diffusers scheduler's ``method="lms"``/``"deis"``
+    (:class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`).  ``ε_k = (x_k − D_k)/σ_k``
+    (:func:`~sdekit.integrations._k_diffusion_support.flow_slope`).  Step ``i`` uses the weights
+    ``coefficients(values, order)[i]``; a run that starts at ``i > 0`` (fewer slopes stored than those
+    weights combine) uses the weights of the order it has, ``coefficients(values, stored)[i]``.
+
+    Args:
+        values: the ``n + 1`` noise levels (host floats, strictly decreasing, ``>= 0``).
+        order: the number of slopes combined, ``>= 1``.
+        coefficients: ``coefficients(values, order)`` → ``n`` weight lists, newest slope first
+            (:func:`lms_coefficients`, :func:`~sdekit.integrations.k_diffusion_deis.deis_coefficients`).
     """
-    denoiser, _, flow, values, kw = setup(model, x, sigmas, extra_args)
-    weights = coefficients(values)
-    depth = max((len(w) for w in weights), default=1)
+
+    def __init__(self, values, order: int, coefficients) -> None:
+        self.values, self.order, self._coefficients = [float(v) for v in values], order, coefficients
+        self._tables = {order: coefficients(self.values, order)}
+        self.slopes: list = []  # ε of the last steps, newest first
+
+    def step(self, i: int, x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, noise=None) -> torch.Tensor:
+        """From ``σ_i`` to ``σ_{i+1}``, given ``D(x, σ_i)``; ``sigma`` ``(B,)`` holds ``σ_i`` (``noise`` unused)."""
+        self.slopes = [flow_slope(x, denoised, sigma)] + self.slopes[:self.order - 1]
+        row = self._tables[self.order][i]
+        if len(row) > len(self.slopes):  # a run started midway: the order it has
+            m = len(self.slopes)
+            row = self._tables.setdefault(m, self._coefficients(self.values, m))[i]
+        return x + sum(w * e for w, e in zip(row, self.slopes))
+
+
+def one_call_loop(model, x, sigmas, extra_args, callback, disable, make_stepper, draw=None):
+    """The loop of a one-call-per-step sampler: ``D = model(x, σ_i)``, then ``x ← stepper.step(i, x, D, …)``.
+
+    ``make_stepper(values)`` builds the stepper from the host copy of ``sigmas``; ``draw(i)``, if given,
+    is step ``i``'s noise (passed to the stepper as a thunk, drawn only if it is used).
+    """
+    denoiser, _, _, values, kw = setup(model, x, sigmas, extra_args)
+    stepper = make_stepper(values)
     ones = x.new_ones([x.shape[0]])
-    slopes = []  # ε of the last steps, newest first
     for i in trange(len(values) - 1, disable=disable):
-        slopes = [flow.drift(x, sigmas[i] * ones, **kw)] + slopes[:depth - 1]
-        report(callback, x, i, sigmas[i], sigmas[i], denoiser.last)
-        x = x + sum(w * s for w, s in zip(weights[i], slopes))
+        sigma = sigmas[i] * ones
+        x0 = check_model_output("denoiser", denoiser(x, sigma, **kw), x)
+        report(callback, x, i, sigmas[i], sigmas[i], x0)
+        x = stepper.step(i, x, x0, sigma, None if draw is None else (lambda i=i: draw(i)))
     return x
+
+
+def slope_multistep(model, x, sigmas, extra_args, callback, disable, order, coefficients):
+    """:func:`one_call_loop` with a :class:`SlopeMultistepStepper` (``coefficients(values, order)``)."""
+    return one_call_loop(model, x, sigmas, extra_args, callback, disable,
+                         lambda values: SlopeMultistepStepper(values, order, coefficients))
 
 
 @torch.no_grad()
@@ -204,30 +242,49 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
                           (noise_sampler, seed, sample_index, generator), order=3, midpoint=False)
 
 
+class DPMSolverSDEStepper:
+    """The state of one DPM-Solver++(2M)/(3M) SDE run: ``x ← a x + Σ_j w_j D_{i−j} + b z``, the last ``D``.
+
+    The one step implementation behind :func:`sample_dpmpp_2m_sde`, :func:`sample_dpmpp_3m_sde` (and so
+    ``dpmpp_3m`` at ``η = 0``) and the diffusers scheduler's ``method="dpmpp_2m_sde"``/``"dpmpp_3m_sde"``/
+    ``"dpmpp_3m"``.  Step ``i`` combines the ``k = min(order, stored)`` newest ``D`` (``k = min(order, i + 1)``
+    on a whole run: first order on the first step, as the papers); the step to ``σ = 0`` returns ``D``.
+
+    Args:
+        values: the ``n + 1`` noise levels (host floats, strictly decreasing, ``>= 0``).
+        eta, s_noise: the SDE's ``η >= 0`` and the noise multiplier.
+        order: 2 or 3.  midpoint: the 2M ``"midpoint"`` correction (else ``"heun"``).
+    """
+
+    def __init__(self, values, eta: float, s_noise: float, order: int, midpoint: bool) -> None:
+        self.values, self.order, self.s_noise = [float(v) for v in values], order, s_noise
+        self.steps = _sde_steps([v for v in self.values if v > 0], eta, order, midpoint)
+        self.history: list = []  # D of the last steps, newest first
+
+    def step(self, i: int, x: torch.Tensor, denoised: torch.Tensor, sigma=None, noise=None) -> torch.Tensor:
+        """From ``σ_i`` to ``σ_{i+1}`` given ``D(x, σ_i)``; ``noise()`` → ``(B, *D)`` standard normals, called
+        only where the step adds noise (``η > 0``, ``σ_{i+1} > 0``)."""
+        self.history = [denoised] + self.history[:self.order - 1]
+        if self.values[i + 1] == 0:  # λ = ∞: the exact step to σ = 0 returns D
+            return denoised
+        decay, rows, scale = self.steps[i]
+        x = decay * x + sum(w * d for w, d in zip(rows[len(self.history) - 1], self.history))
+        if scale > 0:
+            x = x + noise() * (self.s_noise * scale)
+        return x
+
+
 def _multistep_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_args, order, midpoint):
-    """The loop of DPM-Solver++(2M)/(3M) SDE: ``x ← a x + Σ_j w_j D_{i−j} + b z`` (scalars precomputed)."""
+    """:func:`one_call_loop` with a :class:`DPMSolverSDEStepper`."""
     eta, s_noise = check_nonnegative("eta", eta), check_real("s_noise", s_noise)
-    denoiser, _, _, values, kw = setup(model, x, sigmas, extra_args)
-    draw = step_noise(x, sigmas, *noise_args)
-    steps = _sde_steps([v for v in values if v > 0], eta, order, midpoint)
-    ones = x.new_ones([x.shape[0]])
-    history = []  # D of the last steps, newest first
-    for i in trange(len(values) - 1, disable=disable):
-        x0 = check_model_output("denoiser", denoiser(x, sigmas[i] * ones, **kw), x)
-        report(callback, x, i, sigmas[i], sigmas[i], x0)
-        history = [x0] + history[:order - 1]
-        if values[i + 1] == 0:  # λ = ∞: the exact step to σ = 0 returns D
-            x = x0
-            continue
-        decay, weights, noise = steps[i]
-        x = decay * x + sum(w * d for w, d in zip(weights, history))
-        if noise > 0:
-            x = x + draw(i) * (s_noise * noise)
-    return x
+    return one_call_loop(model, x, sigmas, extra_args, callback, disable,
+                         lambda values: DPMSolverSDEStepper(values, eta, s_noise, order, midpoint),
+                         step_noise(x, sigmas, *noise_args))
 
 
 def _sde_steps(grid: list[float], eta: float, order: int, midpoint: bool):
-    """Per step between the positive ``grid`` points: ``(decay, weights of D_i, D_{i−1}, …, noise scale)``."""
+    """Per step between the positive ``grid`` points: ``(decay, rows, noise scale)``, ``rows[k − 1]`` the
+    weights of ``D_i, D_{i−1}, …`` at order ``k = 1 … min(order, i + 1)``."""
     if len(grid) < 2:
         return []
     sigma = torch.tensor(grid, dtype=torch.float64)
@@ -243,14 +300,13 @@ def _sde_steps(grid: list[float], eta: float, order: int, midpoint: bool):
     steps = []
     for i in range(len(h)):
         p1, p2, p3 = phi1_[i], phi2_[i], phi3_[i]
-        if i == 0:
-            weights: tuple[float, ...] = (p1,)
-        elif order == 2 or i == 1:  # c (D_i − D_{i−1})/r
+        rows: list[tuple[float, ...]] = [(p1,)]
+        if i >= 1:  # c (D_i − D_{i−1})/r
             c = (0.5 * p1 if order == 2 and midpoint else p2) / r[i]
-            weights = (p1 + c, -c)
-        else:  # φ₂ d₁ − φ₃ d₂ = (φ₂ + k) δ₀ − k δ₁, k = (φ₂ r₀ − φ₃)/(r₀ + r₁)
+            rows.append((p1 + c, -c))
+        if i >= 2 and order == 3:  # φ₂ d₁ − φ₃ d₂ = (φ₂ + k) δ₀ − k δ₁, k = (φ₂ r₀ − φ₃)/(r₀ + r₁)
             r0, r1 = r[i], r[i] * r[i - 1]
             k = (p2 * r0 - p3) / (r0 + r1)
-            weights = (p1 + (p2 + k) / r0, -(p2 + k) / r0 - k / r1, k / r1)
-        steps.append((decay[i], weights, noise[i]))
+            rows.append((p1 + (p2 + k) / r0, -(p2 + k) / r0 - k / r1, k / r1))
+        steps.append((decay[i], rows, noise[i]))
     return steps
