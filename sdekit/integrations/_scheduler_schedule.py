@@ -21,8 +21,11 @@ import torch
 
 #: The SDE methods (one ``step`` = one stage of the sampler; see the scheduler's module docstring).
 SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ddim")
+#: The one-call multistep methods of the noise-level family (one ``step`` each, a stepper of
+#: :mod:`sdekit.integrations.k_diffusion_multistep` on the scaled state).
+MULTISTEP_METHODS = ("lms", "deis", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde")
 #: Every ``method`` of :class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`.
-SCHEDULER_METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc")
+SCHEDULER_METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS
 SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_GRIDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 #: ᾱ at the last timestep of a zero-terminal-SNR schedule of fewer than 3 timesteps (diffusers' Euler floor).
@@ -153,6 +156,7 @@ class Stage(str, enum.Enum):
     HEUN_CORRECT = "heun_correct"  # Heun's trapezoidal corrector at the interval's end
     DPMPP = "dpmpp"  # a DPM-Solver++(2M) step
     UNIPC = "unipc"  # UniC on the last predicted state, then UniP
+    MULTISTEP = "multistep"  # a step of a one-call multistep stepper (LMS, DEIS, DPM-Solver++ 3M / SDE)
 
 
 @dataclass
@@ -189,8 +193,8 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
     (when ``corrector_steps > 0``) then the predictor, all at ``k_i``;
     ``ode_heun`` calls ``k_i`` (Euler predictor) and ``k_{i+1}`` (trapezoidal
     corrector), except the last interval (one Euler call), as
-    ``HeunDiscreteScheduler`` lays out its ``2n − 1`` timesteps; ``ode_euler``
-    ``dpmpp_2m`` and ``unipc`` call ``k_i`` once.
+    ``HeunDiscreteScheduler`` lays out its ``2n − 1`` timesteps; ``ode_euler``,
+    ``dpmpp_2m``, ``unipc`` and the :data:`MULTISTEP_METHODS` call ``k_i`` once.
 
     ``start_of`` maps a timestep to the first call of the interval that starts
     there: the first of repeated corrector entries, and for ``ode_heun`` the
@@ -204,8 +208,9 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
         if method == "ode_heun" and i < n - 1:
             stages += [(Stage.HEUN_PREDICT, i), (Stage.HEUN_CORRECT, i)]
             model_ks += [ks[i], ks[i + 1]]
-        elif method in ("ode_euler", "ode_heun", "dpmpp_2m", "unipc"):
-            one = {"dpmpp_2m": Stage.DPMPP, "unipc": Stage.UNIPC}.get(method, Stage.ODE_EULER)
+        elif method in ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS:
+            one = {"dpmpp_2m": Stage.DPMPP, "unipc": Stage.UNIPC}.get(
+                method, Stage.MULTISTEP if method in MULTISTEP_METHODS else Stage.ODE_EULER)
             stages.append((one, i))
             model_ks.append(ks[i])
         else:

@@ -111,6 +111,19 @@ def unipc(stepper, sde, sample, x0, t_i, t_next, i: int):
     return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
 
 
+def multistep(stepper, sde, sample, x0, t_i, t_next, i: int, sigma_i: float, noise):
+    """A one-call multistep stepper (:mod:`sdekit.integrations.k_diffusion_multistep`) from ``t_i`` to ``t_next``.
+
+    As :func:`unipc`: the stepper works on ``x̃ = (x − c)/α`` at ``σ̃ = σ/α`` (``sigma_i`` its ``σ̃_i``), with
+    x̂₀ the denoiser's output; its noise, drawn in ``x̃``, is scaled back with the state.
+    """
+    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
+    scaled = (sample - col(sde.mean_offset(t_i))) / col(sde.mean_coeff(t_i))
+    sigma = torch.full((sample.shape[0],), sigma_i, dtype=sample.dtype, device=sample.device)
+    out = stepper.step(i, scaled, x0, sigma, noise)
+    return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
+
+
 def summary(values) -> str:
     """A short text of a timestep list for error messages."""
     vals = np.asarray(values).tolist()

@@ -20,6 +20,11 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
 ``dpmpp_2m``           DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2)        1
 ``unipc``              UniPC (Zhao et al. 2023; ``solver_order``, …)          1
+``lms``                linear multistep in σ (``solver_order``, default 4)    1
+``deis``               DEIS, tAB in log ρ (``solver_order``, default 2)       1
+``dpmpp_3m``           DPM-Solver++(3M) (Lu et al. 2022b)                     1
+``dpmpp_2m_sde``       SDE-DPM-Solver++(2M), η = 1 (``solver_type``)          1
+``dpmpp_3m_sde``       SDE-DPM-Solver++(3M), η = 1                            1
 + ``corrector``        ``corrector_steps`` Langevin steps at ``t_i`` first    1 + steps
 =====================  =====================================================  ==========
 
@@ -46,7 +51,15 @@ final step whose timestep is not 0 (``"trailing"`` spacing).  Coefficients
 are float64: DDPM's float32 ``1 − ᾱ_t/ᾱ_prev`` cancels near ``k = 0`` (up to
 ~5e-4 relative at stride 1), so there the two agree to that precision only.
 ``dpmpp_2m`` matches ``DPMSolverMultistepScheduler`` (DPM-Solver++, order 2,
-first-order final step to σ = 0) on the same timesteps.
+first-order final step to σ = 0) on the same timesteps, and so do ``dpmpp_3m``
+(``solver_order=3``), ``dpmpp_2m_sde`` and ``dpmpp_3m_sde``
+(``algorithm_type="sde-dpmsolver++"``; with ``lower_order_final=False`` on
+grids under 15 steps, where diffusers also lowers the second-to-last order).
+``unipc`` and the one-call multistep methods (``lms``, ``deis``, ``dpmpp_3m``,
+``dpmpp_2m_sde``, ``dpmpp_3m_sde``) run the very steppers of
+:mod:`sdekit.integrations.k_diffusion` (the one implementation of each) on
+``x̃ = x/α`` at ``σ̃ = σ/α``; a loop that starts midway is a fresh run from
+there, at the order the stored outputs allow.
 
 Noise: from ``generator`` (``randn_tensor``, DDPM-exact) by default; keyed and
 batch-invariant (:func:`sdekit.kernels.normal`, stream 1 + the entry's
@@ -87,8 +100,15 @@ from ._scheduler_schedule import (
     spaced_timesteps,
     training_schedule,
 )
+from .k_diffusion_deis import deis_coefficients
+from .k_diffusion_multistep import DPMSolverSDEStepper, SlopeMultistepStepper, lms_coefficients
 from .k_diffusion_unipc import UniPCStepper
 
+#: ``solver_type`` per method that has one, its default first (UniPC's and DPM-Solver's names; DEIS' one type).
+SOLVER_TYPES = {"unipc": ("bh2", "bh1"), "deis": ("logrho",),
+                **{m: ("midpoint", "heun") for m in ("dpmpp_2m_sde", "dpmpp_3m", "dpmpp_3m_sde")}}
+#: ``solver_order``'s default per method that reads it (UniPC's and DEIS' schedulers' 2, LMSDiscreteScheduler's 4).
+SOLVER_ORDERS = {"unipc": 2, "deis": 2, "lms": 4}
 PREDICTION_TYPES = {"epsilon": score_from_epsilon, "sample": score_from_x0, "v_prediction": score_from_v}
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 #: The former name, kept so that programs importing it keep working.
@@ -145,9 +165,15 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         method: the sampler (module table).
         corrector: ``None``, ``"langevin"`` or ``"annealed_langevin"`` (SDE methods only).
         snr, corrector_steps, corrector_norm: as in :func:`sdekit.sample`.
-        solver_order, solver_type, lower_order_final, disable_corrector: ``method="unipc"``'s options,
-            ``UniPCMultistepScheduler``'s names and defaults (order 2, ``"bh2"``, lower orders on the last
-            steps, no step uncorrected); see :func:`sdekit.integrations.k_diffusion.sample_unipc`.
+        solver_order, solver_type, lower_order_final, disable_corrector: the multistep methods' options,
+            the peers' names and defaults (``None``: the method's default). ``unipc``:
+            ``UniPCMultistepScheduler``'s (order 2, ``"bh2"``/``"bh1"``, lower orders on the last steps, no
+            step uncorrected; :func:`sdekit.integrations.k_diffusion.sample_unipc`); ``deis``: order 2,
+            ``"logrho"``, ``lower_order_final`` (:func:`~sdekit.integrations.k_diffusion.sample_deis`);
+            ``lms``: order 4 (``LMSDiscreteScheduler.step``'s default); the DPM-Solver++ methods:
+            ``DPMSolverMultistepScheduler``'s ``"midpoint"`` (default) or ``"heun"`` second-order term and
+            its ``lower_order_final`` (under 15 steps the second-to-last step at order <= 2); their order
+            is in their name (``solver_order`` is not read).  ``lms`` has no ``lower_order_final``.
     Raises:
         ValueError: on an unknown option value (named), more than one sigma
             grid, a corrector without an SDE method, or betas outside ``[0, 1)``.
@@ -195,8 +221,8 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         snr: float = 0.16,
         corrector_steps: int = 1,
         corrector_norm: str | None = None,
-        solver_order: int = 2,
-        solver_type: str = "bh2",
+        solver_order: int | None = None,
+        solver_type: str | None = None,
         lower_order_final: bool = True,
         disable_corrector: list | None = None,
     ):
@@ -215,9 +241,11 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         if not 0.0 < dynamic_thresholding_ratio <= 1.0:
             raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {dynamic_thresholding_ratio!r}")
         check_positive_int("corrector_steps", corrector_steps)
-        if method == "unipc":  # UniPCMultistepScheduler's options (other schedulers' configs reuse the names)
+        if method in SOLVER_TYPES:  # UniPC's / DPM-Solver's names (other schedulers' configs reuse them)
+            check_choice("solver_type", SOLVER_TYPES[method][0] if solver_type is None else solver_type,
+                         SOLVER_TYPES[method])
+        if method in SOLVER_ORDERS and solver_order is not None:
             check_positive_int("solver_order", solver_order)
-            check_choice("solver_type", solver_type, ("bh1", "bh2"))
         if corrector is not None:
             check_choice("corrector", corrector, tuple(CORRECTORS))
             if method not in SDE_METHODS:
@@ -384,8 +412,13 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
             prev = stages.correct(cfg, self.sde, score, sample, t_i, t_next, noise)
         elif stage is Stage.UNIPC:
             stepper = state[1] if state is not None and state[0] == j - 1 else UniPCStepper(
-                self._sigmas, cfg.solver_order, cfg.solver_type, cfg.lower_order_final, cfg.disable_corrector or ())
+                self._sigmas, cfg.solver_order or SOLVER_ORDERS["unipc"], cfg.solver_type or "bh2", cfg.lower_order_final,
+                cfg.disable_corrector or ())
             prev = stages.unipc(stepper, self.sde, sample, x0, t_i, t_next, i)
+            self._state = (j, stepper)
+        elif stage is Stage.MULTISTEP:
+            stepper = state[1] if state is not None and state[0] == j - 1 else self._multistep_stepper()
+            prev = stages.multistep(stepper, self.sde, sample, x0, t_i, t_next, i, self._sigmas[i], noise)
             self._state = (j, stepper)
         elif stage is Stage.DPMPP:
             x0_prev = state[1] if state is not None and state[0] == j - 1 else None
@@ -407,6 +440,19 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         if not return_dict:
             return (prev, x0)
         return SDESchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def _multistep_stepper(self):
+        """A fresh stepper of ``method`` (a one-call multistep method) on this schedule's σ̃ grid."""
+        cfg = self._cfg
+        order = cfg.solver_order if cfg.solver_order is not None else SOLVER_ORDERS.get(cfg.method)
+        if cfg.method == "lms":
+            return SlopeMultistepStepper(self._sigmas, order, lms_coefficients)
+        if cfg.method == "deis":
+            return SlopeMultistepStepper(self._sigmas, order,
+                                         lambda v, m: deis_coefficients(v, m, cfg.lower_order_final))
+        eta = 0.0 if cfg.method == "dpmpp_3m" else 1.0
+        return DPMSolverSDEStepper(self._sigmas, eta, 1.0, 2 if cfg.method == "dpmpp_2m_sde" else 3,
+                                   cfg.solver_type != "heun", cfg.lower_order_final)
 
     # ------------------------------------------------------------------ training-side helpers
 

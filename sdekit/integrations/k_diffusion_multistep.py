@@ -253,12 +253,20 @@ class DPMSolverSDEStepper:
     Args:
         values: the ``n + 1`` noise levels (host floats, strictly decreasing, ``>= 0``).
         eta, s_noise: the SDE's ``η >= 0`` and the noise multiplier.
-        order: 2 or 3.  midpoint: the 2M ``"midpoint"`` correction (else ``"heun"``).
+        order: 2 or 3.
+        midpoint: the second-order correction ``½ φ₁ (D_i − D_{i−1})/r`` (``"midpoint"``, k-diffusion's
+            2M default and diffusers' default at every order) instead of ``φ₂ (D_i − D_{i−1})/r``
+            (``"heun"``, what k-diffusion's 3M takes on its second step).
+        lower_order_final: diffusers' rule for grids of fewer than 15 steps: the second-to-last step at
+            order ``<= 2`` (k-diffusion has no such rule: ``False``).
     """
 
-    def __init__(self, values, eta: float, s_noise: float, order: int, midpoint: bool) -> None:
+    def __init__(self, values, eta: float, s_noise: float, order: int, midpoint: bool,
+                 lower_order_final: bool = False) -> None:
         self.values, self.order, self.s_noise = [float(v) for v in values], order, s_noise
         self.steps = _sde_steps([v for v in self.values if v > 0], eta, order, midpoint)
+        n = len(self.values) - 1
+        self._lowered = n - 2 if lower_order_final and n < 15 else None  # the step capped at order 2
         self.history: list = []  # D of the last steps, newest first
 
     def step(self, i: int, x: torch.Tensor, denoised: torch.Tensor, sigma=None, noise=None) -> torch.Tensor:
@@ -268,7 +276,8 @@ class DPMSolverSDEStepper:
         if self.values[i + 1] == 0:  # λ = ∞: the exact step to σ = 0 returns D
             return denoised
         decay, rows, scale = self.steps[i]
-        x = decay * x + sum(w * d for w, d in zip(rows[len(self.history) - 1], self.history))
+        k = min(len(self.history), 2) if i == self._lowered else len(self.history)
+        x = decay * x + sum(w * d for w, d in zip(rows[k - 1], self.history))
         if scale > 0:
             x = x + noise() * (self.s_noise * scale)
         return x
@@ -302,7 +311,7 @@ def _sde_steps(grid: list[float], eta: float, order: int, midpoint: bool):
         p1, p2, p3 = phi1_[i], phi2_[i], phi3_[i]
         rows: list[tuple[float, ...]] = [(p1,)]
         if i >= 1:  # c (D_i − D_{i−1})/r
-            c = (0.5 * p1 if order == 2 and midpoint else p2) / r[i]
+            c = (0.5 * p1 if midpoint else p2) / r[i]
             rows.append((p1 + c, -c))
         if i >= 2 and order == 3:  # φ₂ d₁ − φ₃ d₂ = (φ₂ + k) δ₀ − k δ₁, k = (φ₂ r₀ − φ₃)/(r₀ + r₁)
             r0, r1 = r[i], r[i] * r[i - 1]
