@@ -65,6 +65,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from checkout import checkout_site, use_checkout  # noqa: E402
 RESULTS = HERE / "results"
 SELF_TEST_BANNER = "CPU self-test, not a GPU measurement"
 
@@ -266,16 +268,16 @@ def part_tests(args, out_dir: Path):
     files = SELF_TEST_TESTS if args.self_test else (QUICK_TEST_FILES if args.quick else TEST_FILES)
 
     def run(dl: Deadline, notes, data):
-        env = dict(os.environ)
+        env = use_checkout()  # cwd is the layout's folder, so the checkout's own sdekit/ cannot shadow it
         env.pop("TRITON_INTERPRET", None)  # real compilation on the GPU (tests/conftest.py sets it only without CUDA)
         if args.self_test:  # the CPU and the interpreter, even on a machine with a GPU
             env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
+               *[str(ROOT / f) for f in files]]
         timeout = max(1.0, dl.left() - 2)
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        proc = subprocess.Popen(cmd, cwd=checkout_site(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         timed_out = False
         try:
@@ -699,7 +701,7 @@ def main(argv=None) -> int:
     deadline = Deadline(args.budget)
     if args.self_test:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before sdekit.kernels is imported
-    sys.path.insert(0, str(ROOT))
+    use_checkout()
     import torch
 
     cuda = torch.cuda.is_available() and not args.self_test

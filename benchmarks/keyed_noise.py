@@ -29,7 +29,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from checkout import use_checkout  # noqa: E402
+
+CHECKOUT_ENV = use_checkout()  # the checkout's sdekit, here and in the callgrind subprocesses
 
 from sdekit import _native
 from sdekit.noise import counter_normal_unchecked
@@ -112,7 +115,7 @@ def callgrind(calls: int = 10) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "draw.py"
         script.write_text(_CG_SCRIPT)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        env = dict(CHECKOUT_ENV, OMP_NUM_THREADS="1")
         for what in ("none", "native", "randn"):
             log = Path(tmp) / f"{what}.out"
             proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={log}", sys.executable,

@@ -37,7 +37,10 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the checkout's sdekit
+sys.path.insert(0, str(HERE))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the checkout's sdekit
 
 import sdekit  # noqa: E402
 

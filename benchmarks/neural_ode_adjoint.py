@@ -48,7 +48,10 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the checkout's sdekit
+sys.path.insert(0, str(HERE))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the checkout's sdekit
 
 from sdekit.solvers.adjoint import odeint_adjoint as sdekit_odeint_adjoint
 

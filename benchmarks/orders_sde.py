@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the checkout's sdekit
 
 import sdekit  # noqa: E402
 from sdekit.brownian import BrownianTree  # noqa: E402

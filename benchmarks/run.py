@@ -36,7 +36,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("MPLBACKEND", "Agg")  # suites plot without a display
-sys.path.insert(0, str(HERE.parent))  # the checkout's sdekit, for the suites' summaries
+sys.path.insert(0, str(HERE))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the checkout's sdekit, for the suites' summaries (and, through PYTHONPATH, for the suites)
 SUITES = ("paths", "ode", "likelihood", "quality", "kernels")
 LIBRARIES = (
     "sdekit", "torch", "numpy", "scipy", "torchsde", "torchdiffeq", "torchode", "diffusers", "k-diffusion",
@@ -92,8 +95,7 @@ def run_pytest(suites, quick: bool, raw_json: Path, extra) -> int:
         "--benchmark-sort=name", *(["--quick"] if quick else []), *extra,
     ]
     print("+", " ".join(cmd), flush=True)
-    env = dict(os.environ)  # the checkout's sdekit first, installed or not
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = use_checkout()  # the checkout's sdekit first, installed or not
     return subprocess.call(cmd, cwd=HERE, env=env)
 
 

@@ -24,37 +24,6 @@ Public API:
                  sdekit.noise (Philox noise keyed by seed, sample index, element, stream)
 """
 
-import importlib.util as _ilu
-import os as _os
-import sys as _sys
-
-
-def _attach_source_kernels() -> None:
-    """Map ``sdekit.kernels`` to the repository's top-level ``kernels/`` when running from a checkout.
-
-    Installed (wheel or editable), setuptools maps ``sdekit.kernels`` to
-    ``kernels/`` (``package-dir`` in pyproject.toml) and this does nothing.  With
-    ``PYTHONPATH=.`` and no install, ``sdekit/kernels`` does not exist, so the
-    folder beside the package is loaded under the name ``sdekit.kernels``
-    (never as a top-level ``kernels`` module).
-    """
-    if _ilu.find_spec(__name__ + ".kernels") is not None:
-        return
-    src = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "kernels")
-    init = _os.path.join(src, "__init__.py")
-    if not _os.path.isfile(init):
-        return
-    spec = _ilu.spec_from_file_location(__name__ + ".kernels", init, submodule_search_locations=[src])
-    if spec is None or spec.loader is None:  # never for an existing .py file
-        raise ImportError(f"cannot load {init} as {__name__}.kernels")
-    module = _ilu.module_from_spec(spec)
-    _sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    globals()["kernels"] = module  # what the import system does for a submodule it loads itself
-
-
-_attach_source_kernels()
-
 from . import losses
 from .brownian import BrownianTree
 from .guidance import classifier_free_guidance, classifier_guidance

@@ -28,3 +28,33 @@ def test_sdekit_kernels_is_the_kernels_folder_and_no_top_level_module_is_created
     assert Path(sdekit.kernels.__file__).parent.name == "kernels"
     assert sdekit.kernels.__name__ == "sdekit.kernels"
     assert "kernels" not in sys.modules
+
+
+def test_the_package_has_no_import_time_path_tricks():
+    """pyproject.toml alone maps ``sdekit.kernels`` to ``kernels/``: ``sdekit/__init__.py`` neither edits
+    ``sys.modules`` nor loads files by path."""
+    text = (ROOT / "sdekit" / "__init__.py").read_text()
+    assert "sys.modules" not in text and "spec_from_file_location" not in text
+
+
+def test_a_bare_checkout_runs_through_the_benchmarks_layout(tmp_path):
+    """``benchmarks/checkout.py`` (what gpu_check.py uses where nothing is installed) gives ``import sdekit`` the
+    checkout, with ``sdekit.kernels`` = ``kernels/``, in the process and in its subprocesses."""
+    code = (
+        "import sys, subprocess\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "from checkout import checkout_site, use_checkout\n"
+        "env = use_checkout()\n"
+        "import sdekit, sdekit.kernels as K\n"
+        "site = str(checkout_site())\n"
+        "assert sdekit.__file__.startswith(site), sdekit.__file__\n"
+        "assert K.__file__.startswith(site) and 'kernels' not in sys.modules\n"
+        "child = 'import sdekit.kernels as K; print(K.__file__)'\n"
+        "out = subprocess.run([sys.executable, '-c', child], env=env, capture_output=True, text=True, check=True)\n"
+        "assert out.stdout.startswith(site), out.stdout\n"
+        "print('ok')\n"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
