@@ -42,6 +42,20 @@ def _keyed(n):
     return [normal(7, torch.arange(3), 1 + j, (2, 4), dtype=torch.float64) for j in range(n)]
 
 
+class KeepFloat64(torch.Tensor):
+    """A float64 tensor that ignores ``.to(torch.float32)``: DPMSolverMultistepScheduler.step casts the
+    sample (and the noise) to float32 before its update, which would hide float64 round-off agreement."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.to:
+            args = tuple(a for a in args if a is not torch.float32)
+            if kwargs.get("dtype") is torch.float32:
+                del kwargs["dtype"]
+        return super().__torch_function__(func, types, args, kwargs)
+
+
 def _rel(a, b) -> float:
     assert bool(torch.isfinite(b).all())
     return float((a - b).abs().max() / b.abs().max())
@@ -56,14 +70,20 @@ def _rel(a, b) -> float:
     ("dpmpp_2m_sde", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
 ])
 def test_dpm_solver_methods_reproduce_dpm_solver_multistep_scheduler(method, config, steps):
-    """diffusers casts the sample to float32 inside ``step``, so the two agree to float32 round-off."""
+    """In float64 on both sides: diffusers' σ from the same float32 ᾱ, its step kept from casting to float32."""
     theirs = diffusers.DPMSolverMultistepScheduler(**config)
+    ac = theirs.alphas_cumprod.double()
+    theirs.alphas_cumprod = ac
     theirs.set_timesteps(steps)
     ks = theirs.timesteps.tolist()
+    theirs.sigmas = torch.cat([((1 - ac[ks]) / ac[ks]) ** 0.5, torch.zeros(1, dtype=torch.float64)])
     ours = SDEScheduler.from_config(theirs.config, method=method, clip_sample=False)
     ours.set_timesteps(timesteps=ks)
     x, noise = _start(), _keyed(steps)
-    assert _rel(_loop(ours, x, ours.timesteps, noise), _loop(theirs, x, theirs.timesteps, noise)) < 1e-6
+    expected = _loop(theirs, x.as_subclass(KeepFloat64), theirs.timesteps,
+                     [z.as_subclass(KeepFloat64) for z in noise]).as_subclass(torch.Tensor)
+    assert expected.dtype == torch.float64
+    assert _rel(_loop(ours, x, ours.timesteps, noise), expected) < 1e-12
 
 
 def test_dpmpp_3m_sde_differs_from_diffusers_by_its_third_order_term():
@@ -107,10 +127,12 @@ def test_deis_reproduces_deis_multistep_scheduler(config, steps):
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_lms_reproduces_lms_discrete_scheduler(spacing):
     """LMSDiscreteScheduler steps the scaled sample ``x̃ = x √(1 + σ²)`` (``scale_model_input`` divides it
-    back); the scheduler steps ``x``: compared in ``x``'s units."""
+    back); the scheduler steps ``x``: compared in ``x``'s units, with LMS's σ in float64 (it keeps float32)."""
     theirs = diffusers.LMSDiscreteScheduler(timestep_spacing=spacing)
+    ac = theirs.alphas_cumprod.double()
     theirs.set_timesteps(12)
     ks = [int(k) for k in theirs.timesteps.tolist()]
+    theirs.sigmas = torch.cat([((1 - ac[ks]) / ac[ks]) ** 0.5, torch.zeros(1, dtype=torch.float64)])  # float64
     ours = SDEScheduler.from_config(theirs.config, method="lms", clip_sample=False)
     ours.set_timesteps(timesteps=ks)
     x = _start()
@@ -118,7 +140,7 @@ def test_lms_reproduces_lms_discrete_scheduler(spacing):
     for k in theirs.timesteps:
         inp = theirs.scale_model_input(scaled, k)
         scaled = theirs.step(network(inp, k), k, scaled).prev_sample
-    assert _rel(_loop(ours, x, ours.timesteps), scaled) < 1e-6  # LMS keeps σ in float32
+    assert _rel(_loop(ours, x, ours.timesteps), scaled) < 1e-12
 
 
 @pytest.mark.parametrize("method, config, options", [
