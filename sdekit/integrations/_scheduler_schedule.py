@@ -25,7 +25,10 @@ SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ddim")
 #: :mod:`sdekit.integrations.k_diffusion_multistep` on the scaled state).
 MULTISTEP_METHODS = ("lms", "deis", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde")
 #: Every ``method`` of :class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`.
-SCHEDULER_METHODS = SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS
+#: Euler and Heun steps of the probability flow in ``σ̃ = σ/α`` (k-diffusion's, diffusers' Euler/Heun Discrete).
+SIGMA_FLOW_METHODS = ("euler", "heun")
+SCHEDULER_METHODS = (SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS
+                     + SIGMA_FLOW_METHODS)
 SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_GRIDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 #: ᾱ at the last timestep of a zero-terminal-SNR schedule of fewer than 3 timesteps (diffusers' Euler floor).
@@ -191,9 +194,9 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
 
     Per interval ``i``: SDE methods call ``corrector_steps`` corrector stages
     (when ``corrector_steps > 0``) then the predictor, all at ``k_i``;
-    ``ode_heun`` calls ``k_i`` (Euler predictor) and ``k_{i+1}`` (trapezoidal
+    ``ode_heun`` and ``heun`` call ``k_i`` (Euler predictor) and ``k_{i+1}`` (trapezoidal
     corrector), except the last interval (one Euler call), as
-    ``HeunDiscreteScheduler`` lays out its ``2n − 1`` timesteps; ``ode_euler``,
+    ``HeunDiscreteScheduler`` lays out its ``2n − 1`` timesteps; ``ode_euler``, ``euler``,
     ``dpmpp_2m``, ``unipc`` and the :data:`MULTISTEP_METHODS` call ``k_i`` once.
 
     ``start_of`` maps a timestep to the first call of the interval that starts
@@ -205,10 +208,10 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
     n = len(ks)
     stages, model_ks = [], []
     for i in range(n):
-        if method == "ode_heun" and i < n - 1:
+        if method in ("ode_heun", "heun") and i < n - 1:
             stages += [(Stage.HEUN_PREDICT, i), (Stage.HEUN_CORRECT, i)]
             model_ks += [ks[i], ks[i + 1]]
-        elif method in ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS:
+        elif method in ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS + SIGMA_FLOW_METHODS:
             one = {"dpmpp_2m": Stage.DPMPP, "unipc": Stage.UNIPC}.get(
                 method, Stage.MULTISTEP if method in MULTISTEP_METHODS else Stage.ODE_EULER)
             stages.append((one, i))

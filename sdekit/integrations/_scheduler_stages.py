@@ -17,6 +17,7 @@ from ..sampling.denoise import posterior_mean
 from ..sampling.dpm_solver import dpmpp_2m_update
 from ..sampling.predictors import PREDICTORS, DDIMPredictor
 from ..score_models import Frozen, score_from_x0
+from ._scheduler_schedule import Stage
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
@@ -121,6 +122,24 @@ def multistep(stepper, sde, sample, x0, t_i, t_next, i: int, sigma_i: float, noi
     scaled = (sample - col(sde.mean_offset(t_i))) / col(sde.mean_coeff(t_i))
     sigma = torch.full((sample.shape[0],), sigma_i, dtype=sample.dtype, device=sample.device)
     out = stepper.step(i, scaled, x0, sigma, noise)
+    return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
+
+
+def sigma_flow(stage, stepper, sde, sample, x0, t_i, t_next, sigma_i: float, sigma_next: float):
+    """Euler or Heun (:class:`~sdekit.integrations.k_diffusion.FlowStepper`) in ``σ̃`` from ``t_i`` to ``t_next``.
+
+    On the scaled state as :func:`unipc`.  ``Stage.HEUN_CORRECT`` gets the Euler point (at ``t_next``) and
+    its x̂₀, and completes the trapezoidal step the stepper's last :meth:`predict` began; any other stage is
+    the Euler step (the sample for the corrector's model call, for ``Stage.HEUN_PREDICT``).
+    """
+    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
+    level = lambda v: torch.full((sample.shape[0],), v, dtype=sample.dtype, device=sample.device)
+    if stage is Stage.HEUN_CORRECT:
+        x_euler = (sample - col(sde.mean_offset(t_next))) / col(sde.mean_coeff(t_next))
+        out = stepper.correct(x_euler, x0, level(sigma_next))
+    else:
+        scaled = (sample - col(sde.mean_offset(t_i))) / col(sde.mean_coeff(t_i))
+        out = stepper.predict(scaled, x0, level(sigma_i), level(sigma_next))
     return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
 
 

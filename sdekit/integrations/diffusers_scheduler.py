@@ -18,6 +18,8 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 ``ddim``               :class:`~sdekit.sampling.DDIMPredictor`, step(eta=η)   1
 ``ode_euler``          Euler step of the probability-flow ODE                 1
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
+``euler``              Euler step of the flow in σ̃ = σ/α (EulerDiscrete)     1
+``heun``               Heun step in σ̃ (HeunDiscrete; 2 calls, last Euler)    2
 ``dpmpp_2m``           DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2)        1
 ``unipc``              UniPC (Zhao et al. 2023; ``solver_order``, …)          1
 ``lms``                linear multistep in σ (``solver_order``, default 4)    1
@@ -100,6 +102,7 @@ from ._scheduler_schedule import (
     spaced_timesteps,
     training_schedule,
 )
+from .k_diffusion import FlowStepper
 from .k_diffusion_deis import deis_coefficients
 from .k_diffusion_multistep import DPMSolverSDEStepper, SlopeMultistepStepper, lms_coefficients
 from .k_diffusion_unipc import UniPCStepper
@@ -262,7 +265,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         self.sde = DiscreteVPSDE(alphas_cumprod)
         self.alphas_cumprod = alphas_cumprod.to(torch.float32)
         self.init_noise_sigma = 1.0
-        self.order = 2 if method == "ode_heun" else (1 + corrector_steps if corrector is not None else 1)
+        self.order = 2 if method in ("ode_heun", "heun") else (1 + corrector_steps if corrector is not None else 1)
         self._unusable = None
         if len(self.betas) != num_train_timesteps:
             self._unusable = (f"trained_betas has {len(self.betas)} entries but num_train_timesteps = "
@@ -425,12 +428,20 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
             prev = stages.dpmpp_2m(self._dpm, i, sample, x0, x0_prev, last)
             self._state = (j, x0)
         else:
+            if stage is Stage.HEUN_CORRECT and (state is None or state[0] != j - 1):
+                raise ValueError(f"timestep {self._plan.values[j]:g} at entry {j} is the Heun corrector of "
+                                 f"interval {i}; step its predictor (entry {j - 1}) first")
+            if cfg.method in ("euler", "heun"):  # in σ̃, k-diffusion's steps
+                stepper = state[1] if stage is Stage.HEUN_CORRECT and state is not None else FlowStepper()
+                prev = stages.sigma_flow(stage, stepper, self.sde, sample, x0, t_i, t_next, self._sigmas[i],
+                                         self._sigmas[i + 1])
+                if stage is Stage.HEUN_PREDICT:
+                    self._state = (j, stepper)
+                self._step_index = j + 1
+                return SDESchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
             drift = stages.flow_drift(self.sde, score, sample, t_eval)
             h = expand_as_batch((t_next - t_i).to(sample.dtype), sample)
-            if stage is Stage.HEUN_CORRECT:  # average the slopes at both ends (trapezoidal rule)
-                if state is None or state[0] != j - 1:
-                    raise ValueError(f"timestep {self._plan.values[j]:g} at entry {j} is the Heun corrector of "
-                                     f"interval {i}; step its predictor (entry {j - 1}) first")
+            if stage is Stage.HEUN_CORRECT and state is not None:  # the trapezoidal rule (state checked above)
                 prev = state[1] + h * 0.5 * (state[2] + drift)
             else:
                 prev = sample + h * drift

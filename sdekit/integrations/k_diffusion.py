@@ -50,6 +50,7 @@ from ._k_diffusion_support import (
     Denoiser,
     check_bound_extra_args,
     churn,
+    flow_slope,
     noise_source,
     report,
     setup,
@@ -159,21 +160,56 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                          noise_source(x, seed, sample_index, generator), heun=True)
 
 
+class FlowStepper:
+    """Euler and Heun steps of the probability flow ``dx/dσ = (x − D)/σ`` (Karras et al. 2022, Alg. 2 lines
+    7–10) given the denoiser's outputs: the one step implementation behind :func:`sample_euler`,
+    :func:`sample_heun` and the diffusers scheduler's ``method="euler"``/``"heun"``
+    (:class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`).
+
+    :meth:`predict` is the Euler step from ``σ̂`` to ``σ'`` (line 8); :meth:`correct` replaces it by the
+    trapezoidal rule once ``D`` at the Euler point is known (lines 9–10).  ``x``, ``denoised`` ``(B, *D)``;
+    ``sigma`` ``(B,)``; ``sigma_next`` ``(B,)`` or a 0-d tensor.
+    """
+
+    def __init__(self) -> None:
+        self.pending: tuple | None = None  # (x, d, dt) of the last Euler step, awaiting its correction
+
+    def predict(self, x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next) -> torch.Tensor:
+        """``x + (σ' − σ̂) d``, ``d = (x − D)/σ̂`` (remembered for :meth:`correct`)."""
+        d = flow_slope(x, denoised, sigma)
+        dt = expand_as_batch(sigma_next - sigma, x)
+        self.pending = (x, d, dt)
+        return x + d * dt
+
+    def correct(self, x_euler: torch.Tensor, denoised: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """``x + (σ' − σ̂) (d + d')/2`` with ``d' = (x_euler − D')/σ'`` at the last Euler point.
+
+        Raises:
+            ValueError: if no Euler step awaits its correction.
+        """
+        if self.pending is None:
+            raise ValueError("correct() needs the Euler step of predict() first")
+        (x, d, dt), self.pending = self.pending, None
+        return x + (d + flow_slope(x_euler, denoised, sigma_next)) / 2 * dt
+
+
 def _churned_flow(model, x, sigmas, extra_args, callback, disable, churn_args, draw, heun: bool):
     """Karras et al. 2022, Alg. 2: churn, then an Euler step (and Heun's correction unless the next σ is 0)."""
-    denoiser, _, flow, values, kw = setup(model, x, sigmas, extra_args)
+    denoiser, _, _, values, kw = setup(model, x, sigmas, extra_args)
     s_churn, s_tmin, s_tmax, s_noise = churn_args
     ones = x.new_ones([x.shape[0]])
+    stepper = FlowStepper()
     for i in trange(len(values) - 1, disable=disable):
         x, sigma_hat = churn(x, sigmas[i] * ones, values, i, s_churn, s_tmin, s_tmax, s_noise, draw)
-        d = flow.drift(x, sigma_hat, **kw)
-        report(callback, x, i, sigmas[i], sigma_hat[0], denoiser.last)
-        dt = expand_as_batch(sigmas[i + 1] - sigma_hat, x)
+        x0 = check_model_output("denoiser", denoiser(x, sigma_hat, **kw), x)
+        report(callback, x, i, sigmas[i], sigma_hat[0], x0)
+        x_euler = stepper.predict(x, x0, sigma_hat, sigmas[i + 1])
         if not heun or values[i + 1] == 0:
-            x = x + d * dt
+            x = x_euler
         else:
-            d_next = flow.drift(x + d * dt, sigmas[i + 1] * ones, **kw)
-            x = x + (d + d_next) / 2 * dt
+            sigma_next = sigmas[i + 1] * ones
+            x = stepper.correct(x_euler, check_model_output("denoiser", denoiser(x_euler, sigma_next, **kw), x),
+                                sigma_next)
     return x
 
 

@@ -1,0 +1,64 @@
+"""The diffusers scheduler's ``euler`` and ``heun``: the probability flow's Euler / Heun steps in ``σ̃ = σ/α``.
+
+Both run :class:`sdekit.integrations.k_diffusion.FlowStepper`, the steps of ``K.sample_euler``/``K.sample_heun``
+(Karras et al. 2022, Alg. 2 without churn), on the scaled state; they reproduce diffusers'
+``EulerDiscreteScheduler`` and ``HeunDiscreteScheduler`` (same ``2n − 1`` timestep layout for Heun) in float64.
+"""
+
+import pytest
+import torch
+
+import sdekit
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install sdekit[diffusers])")
+from test_scheduler_multistep import KeepFloat64, _loop, _rel, _start, network
+
+from sdekit.integrations.diffusers_scheduler import SDEScheduler
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("name, cls", [("euler", "EulerDiscreteScheduler"), ("heun", "HeunDiscreteScheduler")])
+def test_reproduces_diffusers_discrete_scheduler(name, cls, spacing):
+    """diffusers steps ``x̃ = x √(1 + σ²)`` (``scale_model_input`` divides it back) with float32 σ and a float32
+    cast of the sample: here its σ come from the same float32 ᾱ in float64, and the sample stays float64."""
+    theirs = getattr(diffusers, cls)(timestep_spacing=spacing, beta_start=0.00085, beta_end=0.012)
+    ac = theirs.alphas_cumprod.double()
+    theirs.set_timesteps(10)
+    ks = [int(k) for k in theirs.timesteps.tolist()]
+    grid = list(dict.fromkeys(ks))  # Heun repeats the interior timesteps
+    sigma = ((1 - ac[grid]) / ac[grid]) ** 0.5
+    if name == "heun":  # diffusers' layout: σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0
+        sigma = torch.cat([sigma[:1], sigma[1:].repeat_interleave(2)])
+    theirs.sigmas = torch.cat([sigma, torch.zeros(1, dtype=torch.float64)])
+    ours = SDEScheduler.from_config(theirs.config, method=name, clip_sample=False)
+    ours.set_timesteps(timesteps=grid)
+    assert ours.timesteps.tolist() == ks and ours.order == theirs.order
+    x = _start()
+    scaled = (x * float((theirs.sigmas[0] ** 2 + 1) ** 0.5)).as_subclass(KeepFloat64)
+    for k in theirs.timesteps:
+        scaled = theirs.step(network(theirs.scale_model_input(scaled, k), k), k, scaled).prev_sample
+    expected = scaled.as_subclass(torch.Tensor)
+    assert expected.dtype == torch.float64
+    assert _rel(_loop(ours, x, ours.timesteps), expected) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_scheduler_equals_sample_on_its_grid(method):
+    ours = SDEScheduler(method=method, clip_sample=False)
+    ours.set_timesteps(7)
+    score = sdekit.score_from_epsilon(network, ours.sde, time_input=ours.sde.time_to_timestep)
+    x = _start()
+    ref = sdekit.sample(score, ours.sde, x.shape, method=method, timesteps=ours._plan.grid, x_init=x,
+                        dtype=torch.float64).x
+    assert _rel(_loop(ours, x, ours.timesteps), ref) < 1e-12
+
+
+def test_heun_corrector_needs_its_predictor():
+    ours = SDEScheduler(method="heun", clip_sample=False)
+    ours.set_timesteps(5)
+    x = _start()
+    ours.step(network(x, ours.timesteps[0]), ours.timesteps[0], x)
+    ours.set_timesteps(5)
+    ours.set_begin_index(3)  # entry 3 is interval 1's corrector: its predictor (entry 2) never ran
+    with pytest.raises(ValueError, match="corrector"):
+        ours.step(network(x, ours.timesteps[3]), ours.timesteps[3], x)
