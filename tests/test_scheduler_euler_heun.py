@@ -62,3 +62,25 @@ def test_heun_corrector_needs_its_predictor():
     ours.set_begin_index(3)  # entry 3 is interval 1's corrector: its predictor (entry 2) never ran
     with pytest.raises(ValueError, match="corrector"):
         ours.step(network(x, ours.timesteps[3]), ours.timesteps[3], x)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_euler_ancestral_reproduces_euler_ancestral_discrete_scheduler(spacing):
+    """The ancestral Euler step in σ̃ (η = 1: the VE posterior, Song et al. 2021, eq. 47) is DDIM at η = 1 on
+    the VP state; with the same generator both draw the same normals, so the runs agree to round-off."""
+    theirs = diffusers.EulerAncestralDiscreteScheduler(timestep_spacing=spacing, beta_start=0.00085, beta_end=0.012)
+    ac = theirs.alphas_cumprod.double()
+    theirs.set_timesteps(10)
+    ks = [int(k) for k in theirs.timesteps.tolist()]
+    theirs.sigmas = torch.cat([((1 - ac[ks]) / ac[ks]) ** 0.5, torch.zeros(1, dtype=torch.float64)])
+    ours = SDEScheduler.from_config(theirs.config, method="euler_ancestral", clip_sample=False)
+    ours.set_timesteps(timesteps=ks)
+    x = _start()
+    scaled = (x * float((theirs.sigmas[0] ** 2 + 1) ** 0.5)).as_subclass(KeepFloat64)
+    g = torch.Generator().manual_seed(3)
+    for k in theirs.timesteps:
+        scaled = theirs.step(network(theirs.scale_model_input(scaled, k), k), k, scaled, generator=g).prev_sample
+    g = torch.Generator().manual_seed(3)
+    for k in ours.timesteps:
+        x = ours.step(network(x, k), k, x, generator=g).prev_sample
+    assert _rel(x, scaled.as_subclass(torch.Tensor)) < 1e-12

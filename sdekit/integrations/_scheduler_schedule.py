@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 #: The SDE methods (one ``step`` = one stage of the sampler; see the scheduler's module docstring).
-SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ddim")
+SDE_METHODS = ("ancestral", "euler_maruyama", "reverse_diffusion", "ddim", "euler_ancestral")
 #: The one-call multistep methods of the noise-level family (one ``step`` each, a stepper of
 #: :mod:`sdekit.integrations.k_diffusion_multistep` on the scaled state).
 MULTISTEP_METHODS = ("lms", "deis", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde")

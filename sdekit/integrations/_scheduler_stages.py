@@ -15,7 +15,7 @@ from .._checks import expand_as_batch
 from ..sampling.correctors import CORRECTORS
 from ..sampling.denoise import posterior_mean
 from ..sampling.dpm_solver import dpmpp_2m_update
-from ..sampling.predictors import PREDICTORS, DDIMPredictor
+from ..sampling.predictors import PREDICTORS, AbstractPredictor, DDIMPredictor
 from ..score_models import Frozen, score_from_x0
 from ._scheduler_schedule import Stage
 
@@ -63,7 +63,10 @@ def predict(cfg, sde, score, sample, t_i, t_next, noise, last: bool, eta: float 
     drawn (as ``DDIMScheduler``, so a ``generator`` is not advanced).
     """
     frozen = Frozen(score)
-    predictor = DDIMPredictor(sde, frozen, eta) if cfg.method == "ddim" else PREDICTORS[cfg.method](sde, frozen)
+    if cfg.method in ("ddim", "euler_ancestral"):  # k-diffusion's Euler ancestral step is DDIM at η = 1
+        predictor: AbstractPredictor = DDIMPredictor(sde, frozen, 1.0 if cfg.method == "euler_ancestral" else eta)
+    else:
+        predictor = PREDICTORS[cfg.method](sde, frozen)
     quiet = last or (cfg.method == "ddim" and eta == 0.0)
     z = torch.zeros_like(sample) if quiet else noise()
     if cfg.method == "ancestral" and cfg.variance_type in ("fixed_large", "fixed_large_log"):

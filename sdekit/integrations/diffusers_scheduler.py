@@ -16,6 +16,7 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 ``euler_maruyama``     :class:`~sdekit.sampling.EulerMaruyamaPredictor`       1
 ``reverse_diffusion``  :class:`~sdekit.sampling.ReverseDiffusionPredictor`    1
 ``ddim``               :class:`~sdekit.sampling.DDIMPredictor`, step(eta=η)   1
+``euler_ancestral``    DDIM at η = 1: k-diffusion's / EulerAncestralDiscrete  1
 ``ode_euler``          Euler step of the probability-flow ODE                 1
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
 ``euler``              Euler step of the flow in σ̃ = σ/α (EulerDiscrete)     1
