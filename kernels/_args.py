@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -76,6 +77,20 @@ class Coef:
         v = self.value.to(dtype)
         v = v.expand(x.shape[0]) if v.dim() == 0 else v
         return v.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
+
+
+class AffineCoefs(NamedTuple):
+    """The four coefficients of the affine update ``a·x + b·s + d + c·z`` (:mod:`sdekit.kernels.affine`)."""
+
+    a: Coef
+    b: Coef
+    c: Coef
+    d: Coef
+
+
+def affine_coefs(a, b, c, d, batch: int, device) -> AffineCoefs:
+    """:func:`coef` of each of ``a``, ``b``, ``c``, ``d`` (named in its error)."""
+    return AffineCoefs(*(coef(n, v, batch, device) for n, v in zip("abcd", (a, b, c, d))))
 
 
 def coef(name: str, v, batch: int, device) -> Coef:

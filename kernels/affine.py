@@ -21,7 +21,7 @@ import torch
 
 from sdekit.noise import _native_eager
 
-from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
+from ._args import AffineCoefs, affine_coefs, check_data, check_out, compute_dtype, noise_key
 from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
 from .backend import resolve_backend
 from .normal import key_normal_ref
@@ -32,11 +32,11 @@ def _inputs(x, s, a, b, c, d, seed, sample_index, stream, z, out):
     check_data("x", x)
     check_data("s", s, x)
     B = x.shape[0]
-    coefs = {n: coef(n, v, B, x.device) for n, v in (("a", a), ("b", b), ("c", c), ("d", d))}
+    coefs = affine_coefs(a, b, c, d, B, x.device)
     if out is not None:
         check_out(out, x)
     noise = None
-    if not coefs["c"].is_zero():
+    if not coefs.c.is_zero():
         if z is not None:
             noise = ("z", check_data("z", z, x))
         else:
@@ -64,15 +64,15 @@ def affine_update_ref(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=None,
         if fused is not None:
             return fused
     cdt = compute_dtype(x.dtype)
-    col = {n: v.column(x, cdt) for n, v in coefs.items()}
-    mean = col["a"] * x.to(cdt)
-    mean = mean + col["b"] * s.to(cdt)
-    if not coefs["d"].is_zero():
-        mean = mean + col["d"]
+    col = AffineCoefs(*(v.column(x, cdt) for v in coefs))
+    mean = col.a * x.to(cdt)
+    mean = mean + col.b * s.to(cdt)
+    if not coefs.d.is_zero():
+        mean = mean + col.d
     new = mean
     if noise is not None:
         zz = noise[1].to(cdt) if noise[0] == "z" else key_normal_ref(noise[1], x.shape[1:]).to(cdt)
-        new = mean + col["c"] * zz
+        new = mean + col.c * zz
     new = _write(new, out, x.dtype)
     return (new, mean.to(x.dtype)) if return_mean else new
 
@@ -107,7 +107,7 @@ def native_affine_applies(x, s, z, out, tensors) -> bool:
     return _native_eager(x, s, z, out, *tensors)
 
 
-def _native_affine(x, s, coefs: dict[str, Coef], noise, out, return_mean):
+def _native_affine(x, s, coefs: AffineCoefs, noise, out, return_mean):
     """:func:`affine_update_ref` by the C one-pass update where it applies (CPU), else ``None``.
 
     Same bits as the eager code: the C loop evaluates ``a·x``, ``+ b·s``, ``+ d``, ``+ c·z`` in the
@@ -115,7 +115,7 @@ def _native_affine(x, s, coefs: dict[str, Coef], noise, out, return_mean):
     """
     z = noise[1] if noise is not None and noise[0] == "z" else None
     key = noise[1] if noise is not None and noise[0] == "key" else None
-    values = [coefs[n].value for n in "abcd"]
+    values = [v.value for v in coefs]
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
     if key is not None:  # an int stream and a (B,) index: _native_eager covers _use_native's conditions
         tensors.append(key.sample_index)
@@ -126,7 +126,7 @@ def _native_affine(x, s, coefs: dict[str, Coef], noise, out, return_mean):
     new = out if out is not None else torch.empty(x.shape, dtype=x.dtype)
     mean = torch.empty(x.shape, dtype=x.dtype) if return_mean and (noise is not None or out is not None) else None
     native_key = None if key is None else (key.k0, key.k1, key.stream, key.sample_index)
-    if not _native.affine(x, s, values, not coefs["d"].is_zero(), key=native_key, z=z, out=new, mean=mean):
+    if not _native.affine(x, s, values, not coefs.d.is_zero(), key=native_key, z=z, out=new, mean=mean):
         return None
     if return_mean:  # without noise and out the reference's mean is its result, one tensor
         return new, (mean if mean is not None else new)
@@ -176,7 +176,7 @@ def affine_update_triton(x, s, a, b, c=0.0, d=0.0, *, seed=None, sample_index=No
     return (new, mean) if return_mean else new
 
 
-def _launch(new, mean, x, s, coefs: dict[str, Coef], noise):
+def _launch(new, mean, x, s, coefs: AffineCoefs, noise):
     """Launch the affine kernel on contiguous ``x``/``s``; ``mean`` may be ``None``, as may the noise."""
     from ._affine_kernel import _affine_kernel  # imports Triton (once)
 
@@ -195,10 +195,10 @@ def _launch(new, mean, x, s, coefs: dict[str, Coef], noise):
     elif noise is not None:
         z = noise[1].contiguous()
         check_kernel_tensor("z", z, new)
-    args = [coefs[n].value for n in "abcd"] + [coefs[n].stride for n in "abcd"]
+    args = [v.value for v in coefs] + [v.stride for v in coefs]
     _affine_kernel[(cdiv(B, BLOCK_S) * chunks,)](
-        new, x, None if coefs["b"].is_zero() else s, mean, z, idx, *args, B, N, chunks, k0, k1, stream,
-        A_VEC=coefs["a"].is_vec, B_VEC=coefs["b"].is_vec, C_VEC=coefs["c"].is_vec, D_VEC=coefs["d"].is_vec,
+        new, x, None if coefs.b.is_zero() else s, mean, z, idx, *args, B, N, chunks, k0, k1, stream,
+        A_VEC=coefs.a.is_vec, B_VEC=coefs.b.is_vec, C_VEC=coefs.c.is_vec, D_VEC=coefs.d.is_vec,
         BLOCK_S=BLOCK_S, BLOCK_E=BLOCK_E, num_warps=NUM_WARPS,
     )
 

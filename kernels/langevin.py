@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import affine as _affine
-from ._args import Coef, check_data, check_out, coef, compute_dtype, noise_key
+from ._args import AffineCoefs, Coef, check_data, check_out, coef, compute_dtype, noise_key
 from ._triton import NUM_WARPS, as_int32_word, cdiv, check_kernel_tensor, require_triton, tile_shape
 from .affine import _launch
 from .backend import resolve_backend
@@ -153,7 +153,7 @@ def langevin_step_triton(x, s, snr, alpha=1.0, *, per_sample_norm=True, seed=Non
     new = out if out is not None else torch.empty_like(x)
     mean = torch.empty_like(new) if return_mean else None
     c = (2 * eps).sqrt()
-    coefs = {"a": Coef(1.0, 0), "b": Coef(eps, eps.stride(0)), "c": Coef(c, c.stride(0)), "d": Coef(0.0, 0)}
+    coefs = AffineCoefs(Coef(1.0, 0), Coef(eps, eps.stride(0)), Coef(c, c.stride(0)), Coef(0.0, 0))
     _launch(new, mean, x, s, coefs, noise)
     return (new, mean, eps) if return_mean else (new, eps)
 
