@@ -58,3 +58,19 @@ def test_a_bare_checkout_runs_through_the_benchmarks_layout(tmp_path):
 
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_one_exported_name_per_class():
+    """The predictors' short names still work but warn, and are not exported (``EulerMaruyama`` is the solver)."""
+    import warnings
+
+    import sdekit.sampling
+    import sdekit.solvers.sde
+
+    assert "EulerMaruyama" not in sdekit.sampling.__all__ and "EulerMaruyama" in sdekit.solvers.sde.__all__
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls = sdekit.sampling.EulerMaruyama
+    assert cls is sdekit.sampling.EulerMaruyamaPredictor
+    assert any(issubclass(w.category, DeprecationWarning) and "EulerMaruyamaPredictor" in str(w.message)
+               for w in caught)

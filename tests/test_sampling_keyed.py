@@ -145,7 +145,7 @@ def test_capturable_rejects_what_it_cannot_capture():
 
 def _plan_and_parts(corrector):
     score = sdekit.score_models.checked_score(SCORE)
-    predictor = sdekit.sampling.EulerMaruyama(VP, score)
+    predictor = sdekit.sampling.EulerMaruyamaPredictor(VP, score)
     fix = sdekit.sampling.Langevin(VP, score, 0.16, 1) if corrector else None
     plan = sample_module._plan(VP, predictor, fix, 3, 1e-3, None, SEED, None, True, True)
     return plan, score, predictor, fix

@@ -7,30 +7,24 @@ from .grid_optimizer import GridOptimizationInfo, karras_sigmas, optimize_sigmas
 from .langevin_mcmc import LangevinResult, langevin_mcmc
 from .ncsn import ncsn_levels, sample_ncsn
 from .predictors import (
-    DDIM,
-    Ancestral,
+    DEPRECATED_NAMES,
     AncestralSamplingPredictor,
     DDIMPredictor,
-    EulerMaruyama,
     EulerMaruyamaPredictor,
-    ReverseDiffusion,
     ReverseDiffusionPredictor,
+    deprecated_name,
 )
 from .sample import SampleResult, sample
 
 __all__ = [
-    "DDIM",
     "GRIDS",
-    "Ancestral",
     "AncestralSamplingPredictor",
     "AnnealedLangevin",
     "DDIMPredictor",
-    "EulerMaruyama",
     "EulerMaruyamaPredictor",
     "GridOptimizationInfo",
     "Langevin",
     "LangevinResult",
-    "ReverseDiffusion",
     "ReverseDiffusionPredictor",
     "SampleResult",
     "karras_sigmas",
@@ -44,3 +38,10 @@ __all__ = [
     "time_grid",
     "tweedie_denoise",
 ]
+
+
+def __getattr__(name: str):
+    """The predictors' former short names (``EulerMaruyama``, …), with a DeprecationWarning."""
+    if name in DEPRECATED_NAMES:
+        return deprecated_name(__name__, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

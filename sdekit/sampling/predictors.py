@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -229,9 +230,22 @@ class DDIMPredictor(AbstractPredictor):
 PREDICTORS = {cls.name: cls for cls in (EulerMaruyamaPredictor, ReverseDiffusionPredictor, AncestralSamplingPredictor,
                                         DDIMPredictor)}
 
-#: The short names these classes had before they took score_sde's (``EulerMaruyamaPredictor``, …), kept so
-#: that working programs keep working; ``sdekit.solvers.sde.EulerMaruyama`` is the forward SDE solver.
-EulerMaruyama = EulerMaruyamaPredictor
-ReverseDiffusion = ReverseDiffusionPredictor
-Ancestral = AncestralSamplingPredictor
-DDIM = DDIMPredictor
+#: The short names these classes had before they took score_sde's (``EulerMaruyamaPredictor``, …): still
+#: importable, so that working programs keep working, with a DeprecationWarning and outside ``__all__``
+#: (``sdekit.solvers.sde.EulerMaruyama`` is the forward SDE solver; one exported name per class).
+DEPRECATED_NAMES = {"EulerMaruyama": EulerMaruyamaPredictor, "ReverseDiffusion": ReverseDiffusionPredictor,
+                    "Ancestral": AncestralSamplingPredictor, "DDIM": DDIMPredictor}
+
+
+def deprecated_name(module: str, name: str):
+    """The class behind a :data:`DEPRECATED_NAMES` entry, with a DeprecationWarning naming its new name."""
+    cls = DEPRECATED_NAMES[name]
+    warnings.warn(f"{module}.{name} is {cls.__name__}; the short name is deprecated", DeprecationWarning,
+                  stacklevel=3)
+    return cls
+
+
+def __getattr__(name: str):
+    if name in DEPRECATED_NAMES:
+        return deprecated_name(__name__, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
