@@ -90,6 +90,31 @@ def split_seed(seed: int) -> tuple[int, int]:
     return seed & MASK32, seed >> 32
 
 
+def noise_kind(seed, sample_index, generator, *, what: str = "the noise", index_needs_seed: bool = True) -> str:
+    """The rule every front door applies to its noise arguments: ``"keyed"`` (``seed``) or ``"generator"``.
+
+    ``seed`` (an int in [0, 2⁶⁴)) means counter-based noise keyed by ``(seed, sample_index)``; otherwise
+    ``generator`` (a ``torch.Generator``, or ``None`` for torch's global one) supplies it.  Used by
+    :func:`sdekit.sample`, the k-diffusion samplers, the diffusers scheduler and the likelihood's probes.
+
+    Raises:
+        ValueError: both ``seed`` and ``generator``; ``sample_index`` without ``seed`` (where
+            ``index_needs_seed``: the index keys the draws and means nothing to a generator); a bad ``seed``.
+        TypeError: a ``generator`` that is not a ``torch.Generator``.
+    """
+    if seed is not None:
+        if generator is not None:
+            raise ValueError(f"pass either seed or generator for {what}, not both (seed= keys it, "
+                             f"generator= draws it)")
+        split_seed(seed)
+        return "keyed"
+    if sample_index is not None and index_needs_seed:
+        raise ValueError(f"sample_index needs seed= as well (it keys {what}; a generator has no use for it)")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return "generator"
+
+
 def check_sample_index(sample_index: torch.Tensor, batch: int | None = None) -> torch.Tensor:
     """Validate per-sample indices (one host sync): a 1-D integer tensor with values in [0, 2³²).
 

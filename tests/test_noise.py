@@ -71,3 +71,20 @@ def test_odd_shapes_and_errors():
         counter_normal(0, 0, torch.tensor([-1, 0]), (2,))
     with pytest.raises(TypeError, match="sample_index"):
         counter_normal(0, 0, torch.zeros(3), (2,))
+
+
+def test_one_rule_for_seed_and_generator():
+    """``noise_kind``: the rule sample(), the k-diffusion samplers, the scheduler and the likelihood apply."""
+    from sdekit.noise import noise_kind
+
+    assert noise_kind(3, None, None) == "keyed" and noise_kind(3, torch.arange(2), None) == "keyed"
+    assert noise_kind(None, None, None) == "generator" == noise_kind(None, None, torch.Generator())
+    with pytest.raises(ValueError, match="either seed or generator for the probes, not both"):
+        noise_kind(3, None, torch.Generator(), what="the probes")
+    with pytest.raises(ValueError, match="sample_index needs seed"):
+        noise_kind(None, torch.arange(2), None)
+    assert noise_kind(None, torch.arange(2), None, index_needs_seed=False) == "generator"
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        noise_kind(None, None, 7)
+    with pytest.raises(ValueError, match="seed"):
+        noise_kind(-1, None, None)

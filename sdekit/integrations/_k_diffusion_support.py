@@ -18,7 +18,7 @@ import torch
 from .._checks import check_model_output, check_tensor, expand_as_batch
 from ..conditioning import check_model_kwargs, flatten_model_kwargs
 from ..kernels import normal
-from ..noise import check_sample_index, split_seed
+from ..noise import check_sample_index, noise_kind
 from ..score_models import Frozen, score_from_denoiser
 from ..sdes.edm import EDMSDE
 
@@ -117,15 +117,8 @@ def noise_source(x, seed, sample_index, generator) -> Callable[[int], torch.Tens
             without ``seed``, a bad ``seed`` or ``sample_index``.
         TypeError: if ``generator`` is not a ``torch.Generator``.
     """
-    if seed is None:
-        if sample_index is not None:
-            raise ValueError("sample_index keys the noise and needs seed= as well")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if noise_kind(seed, sample_index, generator) == "generator":
         return lambda i: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if generator is not None:
-        raise ValueError("pass either seed= (keyed noise) or generator=, not both")
-    split_seed(seed)
     B = x.shape[0]
     if sample_index is None:
         index = torch.arange(B, dtype=torch.int64, device=x.device)

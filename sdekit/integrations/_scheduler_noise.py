@@ -13,6 +13,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..kernels import normal
+from ..noise import noise_kind
 
 
 class KeyedNoise:
@@ -61,14 +62,10 @@ class KeyedNoise:
         return normal(_check_seed(seed), idx, 0, shape[1:], dtype=dtype) * self.init_noise_sigma
 
     def _noise(self, sample, generator, seed, sample_index, stream: int):
-        if seed is None and self._noise_key is not None:
+        if seed is None and self._noise_key is not None:  # set_noise_seed: keyed, whatever generator a pipeline passes
             seed, sample_index = self._noise_key[0], (sample_index if sample_index is not None
                                                       else self._noise_key[1])
-        elif seed is not None and generator is not None:
-            raise ValueError("pass either seed (keyed noise) or generator, not both")
-        if seed is None:
-            if sample_index is not None:
-                raise ValueError("sample_index needs seed (keyed noise)")
+        elif noise_kind(seed, sample_index, generator, what="the step noise") == "generator":
             return lambda: randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
         seed, idx = _check_seed(seed), _index(sample_index, sample.shape[0], sample.device)
         return lambda: normal(seed, idx, stream, sample.shape[1:], dtype=sample.dtype)

@@ -10,7 +10,7 @@ import torch
 from .._checks import check_batch, check_choice, check_eps, check_finite, check_positive_int, check_sde, check_tensor
 from ..conditioning import flatten_model_kwargs, unbind_conditioning
 from ..faults import as_monitor
-from ..noise import check_sample_index, counter_normal, counter_rademacher
+from ..noise import check_sample_index, counter_normal, counter_rademacher, noise_kind
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
 from .divergence import exact_divergence, hutchinson_divergence, probe_noise
@@ -154,12 +154,8 @@ PROBE_STREAM = 2**32 - 1
 def _probes(x, probes: int, noise: str, generator, seed, sample_index) -> torch.Tensor:
     """``(B, P, *D)`` Hutchinson probes: from ``generator``, or keyed by ``(seed, sample_index)``."""
     B, shape = x.shape[0], (probes,) + tuple(x.shape[1:])
-    if seed is None:
-        if sample_index is not None:
-            raise ValueError("sample_index needs seed= (it keys the probes drawn from the seed)")
+    if noise_kind(seed, sample_index, generator, what="the probes") == "generator":
         return probe_noise((B,) + shape, noise, generator=generator, device=x.device, dtype=x.dtype)
-    if generator is not None:
-        raise ValueError("pass either seed or generator for the probes, not both")
     idx = torch.arange(B, device=x.device) if sample_index is None else check_sample_index(sample_index, B)
     draw = counter_rademacher if noise == "rademacher" else counter_normal
     return draw(seed, PROBE_STREAM, idx.to(x.device), shape, dtype=x.dtype)

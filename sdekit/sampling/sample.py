@@ -23,7 +23,7 @@ from ..faults import as_monitor
 from ..kernels import affine_update, normal, resolve_backend
 from ..kernels._args import noise_key
 from ..kernels.keyed import KeyedUpdate
-from ..noise import check_sample_index, split_seed
+from ..noise import check_sample_index, noise_kind
 from ..score_models import checked_score
 from ..solvers.adaptive import solve_adaptive
 from .correctors import CORRECTORS, NORM_RULES, AbstractCorrector, Langevin, default_norm
@@ -84,13 +84,8 @@ PRIOR_STREAM = 0
 
 def _resolve_seed(seed, generator, capturable: bool) -> int:
     """The Philox key: ``seed``, else one draw from ``generator`` (or torch's global generator)."""
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("pass either seed or generator, not both (the generator only supplies a seed)")
-        split_seed(seed)
+    if noise_kind(seed, None, generator, what="the noise (a generator only supplies the seed)") == "keyed":
         return seed
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if capturable and gen_device.type != "cpu":
         raise ValueError("capturable=True cannot draw the seed from a CUDA generator (a host sync): pass seed=")
