@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 
+from .defaults import LIKELIHOOD, SAMPLE
 from .likelihood_job import run_likelihood_job
 from .sample_job import run_sample_job
 
@@ -48,7 +49,7 @@ def _shape(text: str):
         raise argparse.ArgumentTypeError(f"shape must be comma-separated integers, got {text!r}") from None
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("out_dir", help="output directory (created; reused to resume)")
     p.add_argument("--model", required=True, help="score-model factory, 'package.module:function'")
     p.add_argument("--model-kwargs", type=_json, default={}, help="JSON object of factory arguments")
@@ -64,9 +65,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, required=True, help="samples per shard")
     p.add_argument("--batch-size", type=int, default=64, help="samples per call (does not change results)")
     p.add_argument("--seed", type=int, required=True, help="noise key")
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--max-steps", type=int, default=10_000)
+    p.add_argument("--rtol", type=float, default=defaults["rtol"])
+    p.add_argument("--atol", type=float, default=defaults["atol"])
+    p.add_argument("--max-steps", type=int, default=defaults["max_steps"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--on-nonfinite", default="raise", choices=["raise", "mark"])
@@ -77,25 +78,25 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m sdekit.jobs", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="job", required=True)
     s = sub.add_parser("sample", help="draw samples (sdekit.sample)")
-    _common(s)
+    _common(s, SAMPLE)
     s.add_argument("--shape", type=_shape, required=True, help="per-sample shape, e.g. 3,32,32")
     s.add_argument("--num-samples", type=int, required=True)
-    s.add_argument("--method", default="euler_maruyama")
-    s.add_argument("--steps", type=int, default=1000)
-    s.add_argument("--corrector", default=None)
-    s.add_argument("--snr", type=float, default=0.16)
-    s.add_argument("--corrector-steps", type=int, default=1)
-    s.add_argument("--eps", type=float, default=None)
+    s.add_argument("--method", default=SAMPLE["method"])
+    s.add_argument("--steps", type=int, default=SAMPLE["steps"])
+    s.add_argument("--corrector", default=SAMPLE["corrector"])
+    s.add_argument("--snr", type=float, default=SAMPLE["snr"])
+    s.add_argument("--corrector-steps", type=int, default=SAMPLE["corrector_steps"])
+    s.add_argument("--eps", type=float, default=SAMPLE["eps"])
     s.add_argument("--no-denoise", dest="denoise", action="store_false")
     ll = sub.add_parser("loglik", help="log-likelihood and bits/dim of a data set (sdekit.log_likelihood)")
-    _common(ll)
+    _common(ll, LIKELIHOOD)
     ll.add_argument("--data", required=True, help="data factory 'package.module:function' -> tensor (N, *D)")
     ll.add_argument("--data-kwargs", type=_json, default={})
     ll.add_argument("--num-samples", type=int, default=None, help="score rows [0, n) (default: all)")
-    ll.add_argument("--trace", default="hutchinson", choices=["hutchinson", "exact"])
-    ll.add_argument("--probes", type=int, default=1)
-    ll.add_argument("--noise", default="rademacher", choices=["rademacher", "gaussian"])
-    ll.add_argument("--eps", type=float, default=1e-5)
+    ll.add_argument("--trace", default=LIKELIHOOD["trace"], choices=["hutchinson", "exact"])
+    ll.add_argument("--probes", type=int, default=LIKELIHOOD["probes"])
+    ll.add_argument("--noise", default=LIKELIHOOD["noise"], choices=["rademacher", "gaussian"])
+    ll.add_argument("--eps", type=float, default=LIKELIHOOD["eps"])
     ll.add_argument("--levels", type=int, default=None, help="discrete levels per dimension (bits/dim)")
     ll.add_argument("--data-range", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     return top

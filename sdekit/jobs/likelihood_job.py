@@ -23,6 +23,7 @@ from ..likelihood.bits import bits_per_dim
 from ..likelihood.log_likelihood import log_likelihood
 from .conditioning import build_conditioning, check_cond_spec
 from .config import environment
+from .defaults import LIKELIHOOD
 from .distributed import join
 from .factory import build, build_sde, check_sde_spec, check_spec
 from .fault_policy import apply_policy, check_policy
@@ -33,8 +34,9 @@ from .split import batches
 
 
 def likelihood_config(*, model, model_kwargs=None, data, data_kwargs=None, num_samples, sde="VPSDE",
-                      sde_kwargs=None, shard_size, seed, trace="hutchinson", probes=1, noise="rademacher",
-                      rtol=1e-5, atol=1e-5, eps=1e-5, max_steps=10_000, levels=None, data_range=None,
+                      sde_kwargs=None, shard_size, seed, trace=LIKELIHOOD["trace"], probes=LIKELIHOOD["probes"],
+                      noise=LIKELIHOOD["noise"], rtol=LIKELIHOOD["rtol"], atol=LIKELIHOOD["atol"],
+                      eps=LIKELIHOOD["eps"], max_steps=LIKELIHOOD["max_steps"], levels=None, data_range=None,
                       dtype="float32", device="cpu", on_nonfinite="raise", cond=None, cond_kwargs=None) -> dict:
     """The checked configuration of a likelihood job (arguments as in :func:`run_likelihood_job`).
 

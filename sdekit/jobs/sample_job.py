@@ -22,6 +22,7 @@ from ..faults import NonFiniteMonitor
 from ..sampling.sample import SAMPLE_METHODS, sample
 from .conditioning import build_conditioning, check_cond_spec
 from .config import environment
+from .defaults import SAMPLE
 from .distributed import join
 from .factory import build, build_sde, check_sde_spec, check_spec
 from .fault_policy import apply_policy, check_policy
@@ -33,8 +34,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def sample_config(*, model, model_kwargs=None, sde="VPSDE", sde_kwargs=None, shape, num_samples, shard_size,
-                  seed, method="euler_maruyama", steps=1000, corrector=None, snr=0.16, corrector_steps=1,
-                  eps=None, denoise=True, rtol=1e-5, atol=1e-5, max_steps=10_000, dtype="float32",
+                  seed, method=SAMPLE["method"], steps=SAMPLE["steps"], corrector=SAMPLE["corrector"],
+                  snr=SAMPLE["snr"], corrector_steps=SAMPLE["corrector_steps"], eps=SAMPLE["eps"],
+                  denoise=SAMPLE["denoise"], rtol=SAMPLE["rtol"], atol=SAMPLE["atol"],
+                  max_steps=SAMPLE["max_steps"], dtype="float32",
                   device="cpu", on_nonfinite="raise", cond=None, cond_kwargs=None) -> dict:
     """The checked configuration of a sampling job (arguments as in :func:`run_sample_job`).
 
