@@ -13,7 +13,7 @@ The bare predictor–corrector loop puts one Langevin step before each predictor
 ``2α (snr σ(t))²`` (``corrector_norm="sigma"``, sdekit's default on the VP SDE: a Python
 number per step) or ``2α (snr ‖z‖/‖s‖)²`` with the norms per sample (``"per_sample"``,
 score_sde's ratio without its batch mean; ``(B,)`` tensors).
-Against them, per predictor (``euler_maruyama``, ``reverse_diffusion``, ``ancestral``), with
+Against them, per predictor (every entry of ``sdekit.sampling.predictors.PREDICTORS``: ``euler_maruyama``, ``reverse_diffusion``, ``ancestral``, ``ddim``), with
 and without the Langevin corrector (one step, snr 0.16, either rule): ``sdekit.sample(score,
 sde, shape, method, steps, denoise=False, seed=0)`` — keyed Philox noise, sdekit's default —
 at batch 1 × 64 and 1024 × 64.  Each route's ratio is to the bare loop doing the same math
@@ -38,10 +38,14 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the checkout's sdekit
+sys.path.insert(0, str(HERE))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the checkout's sdekit
 
 import sdekit  # noqa: E402
 from sdekit.noise import counter_normal  # noqa: E402
+from sdekit.sampling.predictors import PREDICTORS  # noqa: E402
 
 
 def score(x, t):
@@ -105,14 +109,15 @@ def main(argv=None):
     torch.set_num_threads(1)
     steps, repeats = (20, 2) if args.quick else (args.steps, args.repeats)
     sde = sdekit.VPSDE()
-    routes = [(m, c) for m in ("euler_maruyama", "reverse_diffusion", "ancestral") for c in (None, "sigma", "per_sample")]
+    routes = [(m, c) for m in tuple(PREDICTORS) for c in (None, "sigma", "per_sample")]
     label = {None: "", "sigma": ", langevin", "per_sample": ", langevin per_sample"}
     lines = [
         "# Sampler overhead (CPU): sdekit.sample vs a bare reverse-SDE loop", "",
         f"{datetime.date.today()}; this machine's CPU ({platform.machine()}, shared with other jobs while measuring), "
         f"torch {torch.__version__}, 1 intra-op thread.  `python benchmarks/sampler_overhead.py"
         + (" --quick` (numbers mean nothing)." if args.quick else f" --steps {steps} --repeats {repeats}`."), "",
-        ("Trivial score s(x) = −x, VP SDE (β 0.1 → 20), denoise=False, keyed noise (seed=0, sdekit's default); "
+        ("Trivial score s(x) = −x, VP SDE (β 0.1 → 20), denoise=False, keyed noise (seed=0, sdekit's default; "
+         "ddim at η = 1, so that it draws noise as the others do); "
          "the bare loops draw torch.randn in place.  Langevin: one step per time step, snr 0.16; `langevin` is "
          "sdekit's default rule on the VP SDE (corrector_norm='sigma', ε = 2α(snr σ(t))²), `langevin per_sample` "
          "score_sde's ratio ε = 2α(snr ‖z‖/‖s‖)² per sample.  ms per step: min, p20, p80; ratio = min / the min "
@@ -126,7 +131,7 @@ def main(argv=None):
             baseline[name] = BARE[c]
             fns[name] = (lambda m=m, c=c, shape=shape: sdekit.sample(
                 score, sde, shape, method=m, steps=steps, corrector=c and "langevin", snr=SNR, corrector_norm=c,
-                denoise=False, seed=0))
+                denoise=False, seed=0, method_options={"eta": 1.0} if m == "ddim" else None))
         idx = torch.arange(shape[0])
         fns["keyed noise alone (one step's draw)"] = lambda idx=idx, shape=shape: counter_normal(0, 7, idx, shape[1:])
         fns["torch.randn alone (one step's draw)"] = lambda shape=shape: torch.randn(shape)

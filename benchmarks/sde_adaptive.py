@@ -28,7 +28,10 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the checkout's sdekit
+sys.path.insert(0, str(HERE))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the checkout's sdekit
 
 import sdekit  # noqa: E402
 
