@@ -9,6 +9,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed 
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 import sdekit
+from sdekit.integrations._scheduler_schedule import SDE_METHODS
 from sdekit.integrations.diffusers_scheduler import SCHEDULER_METHODS, SDEScheduler
 from sdekit.testing import fit_order
 
@@ -246,8 +247,11 @@ def test_bad_configuration_names_the_option():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host syncs")
-def test_steps_do_not_sync_with_the_host():
-    scheduler = SDEScheduler(method="euler_maruyama", corrector="langevin")
+@pytest.mark.parametrize("method", SCHEDULER_METHODS)
+def test_steps_do_not_sync_with_the_host(method):
+    """Every method's step stays on the device (the SDE methods with the Langevin corrector too)."""
+    extra = {"corrector": "langevin"} if method in SDE_METHODS else {}
+    scheduler = SDEScheduler(method=method, **extra)
     scheduler.set_timesteps(10, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(2, 3, 8, 8, device="cuda", generator=gen)
