@@ -448,3 +448,41 @@ def test_per_tensor_tolerances_reach_the_backward_solve():
     moved = [max(float((a - b).abs().max()) for a, b in zip(scalar, grads(rtol=r, atol=r)))
              for r in ([1e-8, 1e-3], [1e-3, 1e-8])]
     assert max(moved) > 1e-9, moved
+
+
+def test_adjoint_norm_is_reachable_and_used_from_the_output_like_torchdiffeq():
+    """torchdiffeq's contract: a tensor state's output is the adjoint node's own output, whose
+    ``grad_fn.adjoint_options['norm']`` takes ``(t, y, adj_y, *adj_params)`` and is what the backward solves
+    call (replacing it takes effect); for a tuple state the node is two steps up and ``y`` is flat."""
+    p = torch.tensor([0.7, -0.3], requires_grad=True)
+    f = lambda t, y: p[0] * y + p[1]  # noqa: E731
+    t = torch.tensor([0.0, 1.0])
+    for seminorm in (False, True):
+        kw = {"adjoint_options": {"norm": "seminorm"}} if seminorm else {}
+        ys = odeint_adjoint(f, torch.full((2, 2), 1.0), t, adjoint_params=(p,), **kw)
+        options = ys.grad_fn.adjoint_options
+        default = options["norm"]
+        seen = []
+
+        def spy(arg, default=default, seen=seen):
+            t_, y, adj_y, adj_p = arg
+            assert t_.shape == () and y.shape == (2, 2) and adj_y.shape == (2, 2) and adj_p.shape == (2,)
+            expected = max(y.pow(2).mean().sqrt(), adj_y.pow(2).mean().sqrt())
+            if not seminorm:
+                expected = max(expected, adj_p.pow(2).mean().sqrt())
+            value = default(arg)
+            assert torch.allclose(value, expected, rtol=1e-6, atol=0)
+            seen.append(1)
+            return value
+
+        options["norm"] = spy
+        ys.sum().backward()
+        assert seen
+    y0 = (torch.tensor(1.0), torch.tensor([[0.5, 0.5], [0.1, 0.1]]))
+    ys = odeint_adjoint(lambda t, y: (p[0] * y[0], p[1] * y[1]), y0, t, adjoint_params=(p,))
+    node = ys[0].grad_fn.next_functions[0][0].next_functions[0][0]
+    shapes = []
+    norm = node.adjoint_options["norm"]
+    node.adjoint_options["norm"] = lambda arg: shapes.append(tuple(a.shape for a in arg)) or norm(arg)
+    ys[0].sum().backward()
+    assert shapes and shapes[0] == ((), (5,), (5,), (2,))

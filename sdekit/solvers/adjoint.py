@@ -66,6 +66,24 @@ class _Plan:
         self.sizes = [int(p.numel()) for p in params]
         self.N = state.numel
 
+    def solver_adjoint_options(self) -> dict:
+        """The backward solves' options: :attr:`adjoint_options` with a tuple-form ``norm`` (torchdiffeq's
+        ``(t, y, adj_y, *adj_params)``, what the output's ``grad_fn.adjoint_options['norm']`` holds) read
+        from that dict at each call, as a norm of the flat augmented state."""
+        public = self.adjoint_options
+        if not callable(public.get("norm")) or not _uses_norm(self.adjoint_method):
+            return public
+        N, state, params = self.N, self.state, self.params
+
+        def flat_norm(z):
+            y, a, g = z[:N], z[N:2 * N], z[2 * N:]
+            if not state.is_tuple:
+                y, a = y.reshape(state.shapes[0]), a.reshape(state.shapes[0])
+            gp = [v.reshape(q.shape) for v, q in zip(torch.split(g, self.sizes), params)] if self.sizes else []
+            out = public["norm"]((z.new_zeros(()), y, a, *gp))
+            return torch.as_tensor(out, dtype=z.dtype, device=z.device).reshape(())
+        return {**public, "norm": flat_norm}
+
     def eval_f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.state.flatten(self.func(t, self.state.unflatten(y)), "func")
@@ -143,6 +161,7 @@ class _OdeintAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, plan: _Plan, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
         ctx.plan = plan
+        ctx.adjoint_options = plan.adjoint_options  # torchdiffeq's: the backward solves read its "norm"
         with torch.no_grad():
             state = plan.state
             y0_user = state.unflatten(y0.detach())
@@ -154,7 +173,9 @@ class _OdeintAdjoint(torch.autograd.Function):
                                   method=plan.method, options=plan.options)
                     ys = _flatten_solution(state, out).to(y0.dtype)
                 ctx.save_for_backward(t, ys)
-                return ys
+                if state.is_tuple:
+                    return ys
+                return ys.reshape((ys.shape[0],) + tuple(state.shapes[0]))  # the output itself: grad_fn is this node
             event_t, out = _odeint(plan.func, y0_user, t.detach(), rtol=plan.rtol, atol=plan.atol,
                                    method=plan.method, options=plan.options, event_fn=plan.event_fn)
             ys = _flatten_solution(state, out).to(y0.dtype)
@@ -174,6 +195,7 @@ class _OdeintAdjoint(torch.autograd.Function):
         else:
             t, ys = ctx.saved_tensors
             (g_ys,) = grads
+            g_ys = g_ys.reshape(ys.shape)  # a tensor state's output has its shape
             times = t
         need_t = bool(ctx.needs_input_grad[2])
         N, dtype = plan.N, ys.dtype
@@ -186,6 +208,7 @@ class _OdeintAdjoint(torch.autograd.Function):
             if event_mode:  # the output gradient at the event time enters through the implicit function theorem
                 a, g_par = _event_terminal(plan, event_t, ys[-1], g_ys[-1], g_event, g_par)
             aug = plan.aug_func() if len(times) > 1 else None
+            adjoint_options = plan.solver_adjoint_options()
             for i in range(len(times) - 1, 0, -1):
                 if not event_mode:
                     a = a + g_ys[i]
@@ -196,7 +219,7 @@ class _OdeintAdjoint(torch.autograd.Function):
                 z = torch.cat([ys[i], a, g_par])
                 seg = torch.stack([times[i], times[i - 1]])
                 z = _odeint(aug, z, seg, rtol=plan.adjoint_rtol, atol=plan.adjoint_atol,
-                            method=plan.adjoint_method, options=plan.adjoint_options)[-1]
+                            method=plan.adjoint_method, options=adjoint_options)[-1]
                 a, g_par = z[N:2 * N], z[2 * N:]
             if need_t and len(times) > 1:  # dL/dt_0 = -a(t_0+) . f(t_0, y_0)
                 assert t_grad is not None
@@ -275,37 +298,32 @@ def _adjoint_tolerance(state: FlatState, name: str, tol, n_extra: int):
     return torch.cat([flat, flat, flat.min().expand(n_extra)])
 
 
-def _adjoint_norm(option, state_norm: Callable, state: FlatState, params: tuple, N: int) -> Callable:
-    sizes = [int(p.numel()) for p in params]
+def _adjoint_norm(option, state_norm: Callable, state: FlatState) -> Callable:
+    """The backward solves' error norm in torchdiffeq's form: ``norm((t, y, adj_y, *adj_params))`` → scalar.
 
-    def split(z):
-        return z[:N], z[N:2 * N], list(torch.split(z[2 * N:], sizes)) if sizes else []
-
-    if option is None:
-        def default(z):
-            y, a, gs = split(z)
-            return _max([state_norm(y), state_norm(a)] + [rms_norm(g) for g in gs])
-        return default
-    if isinstance(option, str):
-        if option != "seminorm":
+    ``y`` and ``adj_y`` have the state's shape for a tensor state and are flat ``(N,)`` for a tuple state
+    (torchdiffeq's layout); ``t`` is 0 (sdekit integrates no time adjoint).  ``None``: the largest of the
+    state norm of ``y`` and of ``adj_y`` and the RMS of each parameter gradient; ``"seminorm"``: without
+    the parameter gradients (Kidger et al. 2021, §3); a callable gets ``(t, y, adj_y, *adj_params)`` with
+    ``y`` and ``adj_y`` in the state's own structure (``(t, *ys, *adj_ys, *adj_params)`` for a tuple).
+    """
+    if option is None or isinstance(option, str):
+        if option is not None and option != "seminorm":
             raise ValueError(f"adjoint_options['norm'] must be 'seminorm' or a callable, got {option!r}")
+        with_params = option is None
 
-        def seminorm(z):
-            y, a, _ = split(z)
-            return _max([state_norm(y), state_norm(a)])
-        return seminorm
+        def default(arg):
+            t, y, a, *gs = arg
+            values = [t.abs(), state_norm(y.reshape(-1)), state_norm(a.reshape(-1))]
+            return _max(values + ([rms_norm(g.reshape(-1)) for g in gs] if with_params else []))
+        return default
     check_callable("adjoint_options['norm']", option)
 
-    def user(z):
-        y, a, gs = split(z)
-        ys = state.unflatten(y)
-        adj = state.unflatten(a)
-        gp = [g.reshape(p.shape) for g, p in zip(gs, params)]
+    def user(arg):
+        t, y, a, *gs = arg
         if state.is_tuple:
-            arg = (z.new_zeros(()), *ys, *adj, *gp)
-        else:
-            arg = (z.new_zeros(()), ys, adj, *gp)
-        return torch.as_tensor(option(arg), dtype=z.dtype, device=z.device).reshape(())
+            return option((t, *state.unflatten(y), *state.unflatten(a), *gs))
+        return option((t, y, a, *gs))
     return user
 
 
@@ -422,10 +440,10 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
         state_norm = state.user_norm(user_norm)
     else:
         state_norm = state.default_norm()
-    N, P = state.numel, sum(int(p.numel()) for p in params)
+    P = sum(int(p.numel()) for p in params)
     adjoint_norm = adjoint_options.pop("norm", None)
     if _uses_norm(adjoint_method):
-        adjoint_options["norm"] = _adjoint_norm(adjoint_norm, state_norm, state, params, N)
+        adjoint_options["norm"] = _adjoint_norm(adjoint_norm, state_norm, state)
     elif adjoint_norm is not None:  # odeint warns that the method ignores it
         adjoint_options["norm"] = adjoint_norm
 
@@ -437,6 +455,6 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
                  adjoint_method=adjoint_method, adjoint_options=adjoint_options, params=params)
     out = _OdeintAdjoint.apply(plan, flat_y0, t, *params)
     if event_fn is None:
-        return state.unflatten(out, (out.shape[0],))
+        return state.unflatten(out, (out.shape[0],)) if state.is_tuple else out
     event_t, ys = out
     return event_t, state.unflatten(ys, (ys.shape[0],))
