@@ -22,9 +22,9 @@ from tqdm.auto import trange
 
 from .._checks import check_model_output, check_nonnegative, check_real, expand_as_batch
 from ..sampling.dpm_solver import log_snr
-from ._k_diffusion_support import SDE, ancestral_split, churn, noise_source, report, setup, step_noise
+from ._k_diffusion_support import SDE, ancestral_split, churn, flow_slope, noise_source, report, setup, step_noise
 
-__all__ = ["sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral"]
+__all__ = ["DPM2Stepper", "DPMpp2SStepper", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral"]
 
 
 @torch.no_grad()
@@ -61,17 +61,15 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     only on the steps where ``γ > 0`` (as sdekit's ``sample_euler``/``sample_heun``);
     the global-RNG stream matches k-diffusion's when every step churns.
     """
-    denoiser, _, flow, values, kw = setup(model, x, sigmas, extra_args)
+    denoiser, _, _, values, kw = setup(model, x, sigmas, extra_args)
     draw = noise_source(x, seed, sample_index, generator)
     ones = x.new_ones([x.shape[0]])
+    stepper = DPM2Stepper()
     for i in trange(len(values) - 1, disable=disable):
         x, sigma_hat = churn(x, sigmas[i] * ones, values, i, s_churn, s_tmin, s_tmax, s_noise, draw)
-        d = flow.drift(x, sigma_hat, **kw)
-        report(callback, x, i, sigmas[i], sigma_hat[0], denoiser.last)
-        if values[i + 1] == 0:
-            x = x + d * expand_as_batch(sigmas[i + 1] - sigma_hat, x)
-        else:
-            x = _dpm_solver_2(flow, kw, x, d, sigma_hat, sigmas[i + 1] * ones)
+        x0 = check_model_output("denoiser", denoiser(x, sigma_hat, **kw), x)
+        report(callback, x, i, sigmas[i], sigma_hat[0], x0)
+        x = _dpm_2_step(stepper, denoiser, kw, x, x0, sigma_hat, sigmas[i + 1], values[i + 1] == 0, ones)
     return x
 
 
@@ -110,19 +108,20 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         TypeError: as :func:`sample_dpm_2`; if ``noise_sampler`` is not callable.
     """
     eta, s_noise = check_nonnegative("eta", eta), check_real("s_noise", s_noise)
-    denoiser, _, flow, values, kw = setup(model, x, sigmas, extra_args)
+    denoiser, _, _, values, kw = setup(model, x, sigmas, extra_args)
     draw = step_noise(x, sigmas, noise_sampler, seed, sample_index, generator)
     down, up = ancestral_split(sigmas[:-1], sigmas[1:], eta)
     downs, ups = torch.stack([down, up]).tolist()
     ones = x.new_ones([x.shape[0]])
+    stepper = DPM2Stepper()
     for i in trange(len(values) - 1, disable=disable):
         sigma = sigmas[i] * ones
-        d = flow.drift(x, sigma, **kw)
-        report(callback, x, i, sigmas[i], sigmas[i], denoiser.last)
+        x0 = check_model_output("denoiser", denoiser(x, sigma, **kw), x)
+        report(callback, x, i, sigmas[i], sigmas[i], x0)
         if downs[i] == 0:
-            x = x - d * expand_as_batch(sigma, x)
+            x = x - flow_slope(x, x0, sigma) * expand_as_batch(sigma, x)
         else:
-            x = _dpm_solver_2(flow, kw, x, d, sigma, down[i] * ones)
+            x = _dpm_2_step(stepper, denoiser, kw, x, x0, sigma, down[i], False, ones)
             if ups[i] > 0:
                 x = x + draw(i) * (s_noise * ups[i])
     return x
@@ -162,11 +161,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     draw = step_noise(x, sigmas, noise_sampler, seed, sample_index, generator)
     down, up = ancestral_split(sigmas[:-1], sigmas[1:], eta)
     downs, ups = torch.stack([down, up]).tolist()
-    start, target = torch.tensor(values[:-1], dtype=torch.float64), torch.tensor(downs, dtype=torch.float64)
-    h = torch.where(target > 0, log_snr(SDE, target) - log_snr(SDE, start), 0.0)
-    half_decay, half_phi = torch.exp(-h / 2).tolist(), (-torch.expm1(-h / 2)).tolist()
-    decay, phi = torch.exp(-h).tolist(), (-torch.expm1(-h)).tolist()
-    mid = (start * torch.exp(-h / 2)).tolist()
+    stepper = DPMpp2SStepper(values[:-1], downs)
     ones = x.new_ones([x.shape[0]])
     for i in trange(len(values) - 1, disable=disable):
         x0 = check_model_output("denoiser", denoiser(x, sigmas[i] * ones, **kw), x)
@@ -174,17 +169,74 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
         if downs[i] == 0:
             x = x0
         else:
-            u = half_decay[i] * x + half_phi[i] * x0
-            x0_mid = check_model_output("denoiser", denoiser(u, mid[i] * ones, **kw), x)
-            x = decay[i] * x + phi[i] * x0_mid
+            u = stepper.predict(i, x, x0)
+            x = stepper.correct(i, check_model_output("denoiser", denoiser(u, stepper.mid[i] * ones, **kw), x))
         if ups[i] > 0:  # σ_up > 0 needs σ' > 0
             x = x + draw(i) * (s_noise * ups[i])
     return x
 
 
-def _dpm_solver_2(flow, kw, x, d, sigma, sigma_to):
-    """One DPM-Solver-2 step (Lu et al. 2022a, Alg. 1, ``r₁ = ½``) of the VE flow from ``σ`` to ``σ_to > 0``
-    (``(B,)`` each), given ``d = (x − D(x, σ))/σ``: Euler to ``σ_m = √(σ σ_to)``, then the step with its slope."""
-    sigma_mid = (sigma * sigma_to).sqrt()
-    u = x + d * expand_as_batch(sigma_mid - sigma, x)
-    return x + flow.drift(u, sigma_mid, **kw) * expand_as_batch(sigma_to - sigma, x)
+class DPM2Stepper:
+    """DPM-Solver-2 (Lu et al. 2022a, Alg. 1, ``r₁ = ½``) on the VE flow ``dx/dσ = (x − D)/σ`` given the
+    denoiser's outputs: :meth:`predict`, the Euler step to ``σ_m = √(σ σ')`` (the log-σ midpoint), then
+    :meth:`correct`, the step from ``σ`` to ``σ'`` with the midpoint's slope.  The one step implementation
+    behind :func:`sample_dpm_2`, :func:`sample_dpm_2_ancestral` and the diffusers scheduler's
+    ``method="dpm_2"``.  ``sigma``, ``sigma_to``: ``(B,)`` tensors (``σ' > 0``)."""
+
+    def __init__(self) -> None:
+        self.pending: tuple | None = None  # (x, σ, σ') of the step awaiting its midpoint's D
+
+    def predict(self, x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_to: torch.Tensor):
+        """``(u, σ_m)``: the Euler point ``u = x + (σ_m − σ)(x − D)/σ`` and its noise level ``σ_m`` ``(B,)``."""
+        sigma_mid = (sigma * sigma_to).sqrt()
+        self.pending = (x, sigma, sigma_to)
+        return x + flow_slope(x, denoised, sigma) * expand_as_batch(sigma_mid - sigma, x), sigma_mid
+
+    def correct(self, u: torch.Tensor, denoised_mid: torch.Tensor, sigma_mid: torch.Tensor) -> torch.Tensor:
+        """``x + (σ' − σ)(u − D(u, σ_m))/σ_m``.  Raises ``ValueError`` without a :meth:`predict` first."""
+        if self.pending is None:
+            raise ValueError("correct() needs the midpoint of predict() first")
+        (x, sigma, sigma_to), self.pending = self.pending, None
+        return x + flow_slope(u, denoised_mid, sigma_mid) * expand_as_batch(sigma_to - sigma, x)
+
+
+class DPMpp2SStepper:
+    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1, ``r = ½``) on the VE flow from ``σ_i`` to ``σ'_i``
+    (the ancestral ``σ_down`` of :func:`sample_dpmpp_2s_ancestral`, ``σ_{i+1}`` at ``η = 0``), given the
+    denoiser's outputs; the one step implementation behind :func:`sample_dpmpp_2s_ancestral` and the diffusers
+    scheduler's ``method="dpmpp_2s"``.  With ``h = λ(σ') − λ(σ)``: ``u = e^{−h/2} x + (1 − e^{−h/2}) D``
+    (:meth:`predict`), then ``x ← e^{−h} x + (1 − e^{−h}) D(u, σ_m)`` at ``σ_m = σ e^{−h/2}``
+    (:meth:`correct`).  The scalars are float64 on the host (:func:`sdekit.sampling.dpm_solver.log_snr`).
+
+    Args:
+        starts: the ``n`` step starts ``σ_i`` (host floats).  targets: the ``n`` step ends (``0``: no midpoint).
+    """
+
+    def __init__(self, starts, targets) -> None:
+        start, target = torch.tensor(starts, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64)
+        h = torch.where(target > 0, log_snr(SDE, target) - log_snr(SDE, start), 0.0)
+        self.half_decay, self.half_phi = torch.exp(-h / 2).tolist(), (-torch.expm1(-h / 2)).tolist()
+        self.decay, self.phi = torch.exp(-h).tolist(), (-torch.expm1(-h)).tolist()
+        #: the midpoints ``σ_m`` (host floats) at which :meth:`correct` needs ``D``
+        self.mid = (start * torch.exp(-h / 2)).tolist()
+        self.pending: torch.Tensor | None = None
+
+    def predict(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """The midpoint state ``u`` of step ``i``, from ``D(x, σ_i)``."""
+        self.pending = x
+        return self.half_decay[i] * x + self.half_phi[i] * denoised
+
+    def correct(self, i: int, denoised_mid: torch.Tensor) -> torch.Tensor:
+        """Step ``i``'s end from ``D(u, σ_m)``.  Raises ``ValueError`` without a :meth:`predict` first."""
+        if self.pending is None:
+            raise ValueError("correct() needs the midpoint of predict() first")
+        x, self.pending = self.pending, None
+        return self.decay[i] * x + self.phi[i] * denoised_mid
+
+
+def _dpm_2_step(stepper: DPM2Stepper, denoiser, kw, x, x0, sigma, sigma_to, to_zero: bool, ones):
+    """One DPM-Solver-2 step of the loops (Euler where ``σ' = 0``); ``sigma_to`` a 0-d tensor."""
+    if to_zero:
+        return x + flow_slope(x, x0, sigma) * expand_as_batch(sigma_to - sigma, x)
+    u, sigma_mid = stepper.predict(x, x0, sigma, sigma_to * ones)
+    return stepper.correct(u, check_model_output("denoiser", denoiser(u, sigma_mid, **kw), x), sigma_mid)
