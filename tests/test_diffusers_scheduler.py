@@ -102,7 +102,7 @@ def test_every_method_runs_inside_the_pipeline(pipe, config):
     assert images.shape == (2, 3, 8, 8) and bool(torch.isfinite(images).all())
     n_calls = len(scheduler.timesteps)
     assert len(calls) == n_calls
-    if config["method"] in ("ode_heun", "heun"):
+    if config["method"] in ("ode_heun", "heun", "dpm_2", "dpmpp_2s"):
         assert scheduler.order == 2 and n_calls == 2 * STEPS - 1
     else:
         per_interval = 1 + config.get("corrector_steps", 1) * ("corrector" in config)

@@ -27,8 +27,10 @@ MULTISTEP_METHODS = ("lms", "deis", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde")
 #: Every ``method`` of :class:`~sdekit.integrations.diffusers_scheduler.SDEScheduler`.
 #: Euler and Heun steps of the probability flow in ``σ̃ = σ/α`` (k-diffusion's, diffusers' Euler/Heun Discrete).
 SIGMA_FLOW_METHODS = ("euler", "heun")
+#: Two-call single-step methods with a model call at the log-σ midpoint of each interval (DPM-Solver-2, 2S).
+MIDPOINT_METHODS = ("dpm_2", "dpmpp_2s")
 SCHEDULER_METHODS = (SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS
-                     + SIGMA_FLOW_METHODS)
+                     + SIGMA_FLOW_METHODS + MIDPOINT_METHODS)
 SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_GRIDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 #: ᾱ at the last timestep of a zero-terminal-SNR schedule of fewer than 3 timesteps (diffusers' Euler floor).
@@ -160,6 +162,8 @@ class Stage(str, enum.Enum):
     DPMPP = "dpmpp"  # a DPM-Solver++(2M) step
     UNIPC = "unipc"  # UniC on the last predicted state, then UniP
     MULTISTEP = "multistep"  # a step of a one-call multistep stepper (LMS, DEIS, DPM-Solver++ 3M / SDE)
+    MID_PREDICT = "mid_predict"  # DPM-Solver-2 / 2S: to the interval's midpoint (the last interval: its whole step)
+    MID_CORRECT = "mid_correct"  # DPM-Solver-2 / 2S: the step with the midpoint's model output
 
 
 @dataclass
@@ -174,6 +178,8 @@ class Plan:
         start_of: timestep value → index of the call that starts its interval
             (diffusers' duplicate-timestep rule; see :func:`build_plan`).
         values: the host copy of ``model_timesteps`` as Python numbers.
+        mid_times: ``(n,)`` float64 SDE times of the intervals' log-σ̃ midpoints (the
+            :data:`MIDPOINT_METHODS`; ``None`` otherwise), and ``mid_sigmas`` their ``σ̃`` (host floats).
     """
 
     stages: list
@@ -182,6 +188,8 @@ class Plan:
     interval_timesteps: np.ndarray
     start_of: dict
     values: list
+    mid_times: torch.Tensor | None = None
+    mid_sigmas: list | None = None
 
 
 def timestep_key(value) -> float:
@@ -206,9 +214,21 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
     second occurrence of a duplicated timestep.
     """
     n = len(ks)
+    grid = torch.cat([sde.timestep_to_time(torch.from_numpy(ks.astype(np.float64))),
+                      torch.zeros(1, dtype=torch.float64)])
+    mid_times = mid_sigmas = mid_ks = None
+    if method in MIDPOINT_METHODS:
+        mid_times, mid_sigmas = midpoints(sde, grid, method)
+        mid_ks = sde.time_to_timestep(mid_times).numpy()
     stages, model_ks = [], []
     for i in range(n):
-        if method in ("ode_heun", "heun") and i < n - 1:
+        if mid_ks is not None and i < n - 1:
+            stages += [(Stage.MID_PREDICT, i), (Stage.MID_CORRECT, i)]
+            model_ks += [ks[i], mid_ks[i]]
+        elif mid_ks is not None:
+            stages.append((Stage.MID_PREDICT, i))
+            model_ks.append(ks[i])
+        elif method in ("ode_heun", "heun") and i < n - 1:
             stages += [(Stage.HEUN_PREDICT, i), (Stage.HEUN_CORRECT, i)]
             model_ks += [ks[i], ks[i + 1]]
         elif method in ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS + SIGMA_FLOW_METHODS:
@@ -219,12 +239,26 @@ def build_plan(ks: np.ndarray, sde, method: str, corrector_steps: int) -> Plan:
         else:
             stages += [(Stage.CORRECT, i)] * corrector_steps + [(Stage.PREDICT, i)]
             model_ks += [ks[i]] * (corrector_steps + 1)
-    model_timesteps = np.asarray(model_ks, dtype=ks.dtype)
+    model_timesteps = np.asarray(model_ks, dtype=ks.dtype if mid_ks is None else np.float64)
     values = model_timesteps.tolist()
     start_of: dict = {}
     for j, (_, i) in enumerate(stages):
         if j == 0 or stages[j - 1][1] != i:
             start_of[timestep_key(ks[i])] = j
-    grid = torch.cat([sde.timestep_to_time(torch.from_numpy(ks.astype(np.float64))),
-                      torch.zeros(1, dtype=torch.float64)])
-    return Plan(stages, model_timesteps, grid, ks, start_of, values)
+    return Plan(stages, model_timesteps, grid, ks, start_of, values, mid_times, mid_sigmas)
+
+
+def midpoints(sde, grid: torch.Tensor, method: str) -> tuple[torch.Tensor, list]:
+    """The SDE times and ``σ̃`` of the log-σ̃ midpoints of the intervals of ``grid`` (``σ̃ = σ/α``; the last
+    interval, to ``σ̃ = 0``, has none: its entry repeats its start).  ``dpm_2``: ``√(σ̃_i σ̃_{i+1})``, as
+    :class:`~sdekit.integrations.k_diffusion_singlestep.DPM2Stepper`; ``dpmpp_2s``: the
+    :class:`~sdekit.integrations.k_diffusion_singlestep.DPMpp2SStepper` midpoints."""
+    from ..sampling.sigma_space import sigma_of_time, time_of_sigma
+    from .k_diffusion_singlestep import DPMpp2SStepper
+
+    sig = sigma_of_time(sde, grid).tolist()
+    if method == "dpm_2":
+        mids = [math.sqrt(a * b) if b > 0 else a for a, b in zip(sig[:-1], sig[1:])]
+    else:
+        mids = [m if b > 0 else a for m, a, b in zip(DPMpp2SStepper(sig[:-1], sig[1:]).mid, sig[:-1], sig[1:])]
+    return time_of_sigma(sde, torch.tensor(mids, dtype=torch.float64)), mids

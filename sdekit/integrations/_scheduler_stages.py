@@ -146,6 +146,45 @@ def sigma_flow(stage, stepper, sde, sample, x0, t_i, t_next, sigma_i: float, sig
     return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
 
 
+def midpoint_step(stage, state, method: str, sde, sample, x0, t_i, t_mid, t_next, sigmas, pp2s, i: int):
+    """DPM-Solver-2 / DPM-Solver++(2S) (the steppers of :mod:`sdekit.integrations.k_diffusion_singlestep`) on
+    the scaled state, one model call at a time; returns ``(prev, state)``.
+
+    ``Stage.MID_PREDICT`` (at ``t_i``) returns the midpoint state at ``t_mid`` for the next call, or on the
+    last interval (to ``σ̃ = 0``) the whole step (Euler for ``dpm_2``, x̂₀ for ``dpmpp_2s``);
+    ``Stage.MID_CORRECT`` (at ``t_mid``, with ``state`` from the predictor) ends the interval at ``t_next``.
+    ``sigmas``: the host ``σ̃`` of the grid; ``pp2s``: the schedule's
+    :class:`~sdekit.integrations.k_diffusion_singlestep.DPMpp2SStepper` (``dpmpp_2s``); ``state``: the
+    ``dpm_2`` predictor's ``(stepper, σ̃_m)``, or ``dpmpp_2s``'s saved state.
+    """
+    from .k_diffusion import FlowStepper
+    from .k_diffusion_singlestep import DPM2Stepper
+
+    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
+    level = lambda v: torch.full((sample.shape[0],), v, dtype=sample.dtype, device=sample.device)
+    to_scaled = lambda x, t: (x - col(sde.mean_offset(t))) / col(sde.mean_coeff(t))
+    to_state = lambda x, t: col(sde.mean_coeff(t)) * x + col(sde.mean_offset(t))
+    if stage is Stage.MID_CORRECT:
+        u = to_scaled(sample, t_mid)
+        if method == "dpm_2":
+            stepper, level_mid = state
+            out = stepper.correct(u, x0, level_mid)
+        else:
+            pp2s.pending = state
+            out = pp2s.correct(i, x0)
+        return to_state(out, t_next), None
+    scaled = to_scaled(sample, t_i)
+    if sigmas[i + 1] == 0:  # the last interval: one call
+        out = FlowStepper().predict(scaled, x0, level(sigmas[i]), level(0.0)) if method == "dpm_2" else x0
+        return to_state(out, t_next), None
+    if method == "dpm_2":
+        stepper = DPM2Stepper()
+        u, level_mid = stepper.predict(scaled, x0, level(sigmas[i]), level(sigmas[i + 1]))
+        return to_state(u, t_mid), (stepper, level_mid)
+    u = pp2s.predict(i, scaled, x0)
+    return to_state(u, t_mid), pp2s.pending
+
+
 def summary(values) -> str:
     """A short text of a timestep list for error messages."""
     vals = np.asarray(values).tolist()

@@ -17,6 +17,8 @@ timesteps ``t_0 > … > t_{n−1} > t_n = 0``:
 ``reverse_diffusion``  :class:`~sdekit.sampling.ReverseDiffusionPredictor`    1
 ``ddim``               :class:`~sdekit.sampling.DDIMPredictor`, step(eta=η)   1
 ``euler_ancestral``    DDIM at η = 1: k-diffusion's / EulerAncestralDiscrete  1
+``dpm_2``              DPM-Solver-2 in σ̃ (2 calls: σ̃_i, √(σ̃_i σ̃_{i+1}))      2
+``dpmpp_2s``           DPM-Solver++(2S) in σ̃ (2 calls; the midpoint in λ)    2
 ``ode_euler``          Euler step of the probability-flow ODE                 1
 ``ode_heun``           Heun step of the probability-flow ODE (2 calls)        2
 ``euler``              Euler step of the flow in σ̃ = σ/α (EulerDiscrete)     1
@@ -106,6 +108,7 @@ from ._scheduler_schedule import (
 from .k_diffusion import FlowStepper
 from .k_diffusion_deis import deis_coefficients
 from .k_diffusion_multistep import DPMSolverSDEStepper, SlopeMultistepStepper, lms_coefficients
+from .k_diffusion_singlestep import DPMpp2SStepper
 from .k_diffusion_unipc import UniPCStepper
 
 #: ``solver_type`` per method that has one, its default first (UniPC's and DPM-Solver's names; DEIS' one type).
@@ -266,7 +269,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         self.sde = DiscreteVPSDE(alphas_cumprod)
         self.alphas_cumprod = alphas_cumprod.to(torch.float32)
         self.init_noise_sigma = 1.0
-        self.order = 2 if method in ("ode_heun", "heun") else (1 + corrector_steps if corrector is not None else 1)
+        self.order = 2 if method in ("ode_heun", "heun", "dpm_2", "dpmpp_2s") else (1 + corrector_steps if corrector is not None else 1)
         self._unusable = None
         if len(self.betas) != num_train_timesteps:
             self._unusable = (f"trained_betas has {len(self.betas)} entries but num_train_timesteps = "
@@ -345,6 +348,8 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         if cfg.method == "dpmpp_2m" and len(ks) > 1:  # the last interval (to σ = 0) returns x̂₀
             self._dpm = dpmpp_2m_coefficients(self.sde, plan.grid[:-1])
         self._sigmas = sigma_of_time(self.sde, plan.grid).tolist()  # σ̃ = σ/α of the grid (0 at t = 0)
+        self._pp2s = DPMpp2SStepper(self._sigmas[:-1], self._sigmas[1:]) if cfg.method == "dpmpp_2s" else None
+        self._mids: dict = {}
         self._grids: dict = {}
         if device is not None:  # copy the schedule now, not inside the first step
             self._grid_on(torch.device(device))
@@ -352,6 +357,12 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self._state: tuple | None = None  # (entry index, …) of Heun's predictor or DPM-Solver's x̂₀
+
+    def _mid_times_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._mids:
+            assert self._plan.mid_times is not None
+            self._mids[device] = self._plan.mid_times.to(device)
+        return self._mids[device]
 
     def _grid_on(self, device: torch.device) -> torch.Tensor:
         if device not in self._grids:
@@ -404,7 +415,8 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         grid = self._grid_on(sample.device)
         ones = torch.ones(sample.shape[0], dtype=torch.float64, device=sample.device)
         t_i, t_next = grid[i] * ones, grid[i + 1] * ones
-        t_eval = t_next if stage is Stage.HEUN_CORRECT else t_i
+        t_mid = self._mid_times_on(sample.device)[i] * ones if self._plan.mid_times is not None else None
+        t_eval = t_next if stage is Stage.HEUN_CORRECT else (t_mid if stage is Stage.MID_CORRECT else t_i)
         score, x0 = stages.score_and_x0(cfg, PREDICTION_TYPES[cfg.prediction_type], self.sde, model_output,
                                         sample, t_eval)
         noise = self._noise(sample, generator, seed, sample_index, 1 + j)
@@ -420,6 +432,15 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
                 cfg.disable_corrector or ())
             prev = stages.unipc(stepper, self.sde, sample, x0, t_i, t_next, i)
             self._state = (j, stepper)
+        elif stage in (Stage.MID_PREDICT, Stage.MID_CORRECT):
+            if stage is Stage.MID_CORRECT and (state is None or state[0] != j - 1):
+                raise ValueError(f"timestep {self._plan.values[j]:g} at entry {j} is the midpoint call of "
+                                 f"interval {i}; step its first call (entry {j - 1}) first")
+            prev, kept = stages.midpoint_step(stage, state[1] if stage is Stage.MID_CORRECT and state else None,
+                                              cfg.method, self.sde, sample, x0, t_i, t_mid, t_next, self._sigmas,
+                                              self._pp2s, i)
+            if kept is not None:
+                self._state = (j, kept)
         elif stage is Stage.MULTISTEP:
             stepper = state[1] if state is not None and state[0] == j - 1 else self._multistep_stepper()
             prev = stages.multistep(stepper, self.sde, sample, x0, t_i, t_next, i, self._sigmas[i], noise)
