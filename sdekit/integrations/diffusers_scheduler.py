@@ -422,6 +422,18 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         noise = self._noise(sample, generator, seed, sample_index, 1 + j)
         last = i == len(self._plan.interval_timesteps) - 1
         state, self._state = self._state, None
+        prev = self._advance(stage, i, j, state, sample, score, x0, (t_i, t_mid, t_next, t_eval), noise, last, eta)
+        self._step_index = j + 1
+        if not return_dict:
+            return (prev, x0)
+        return SDESchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def _advance(self, stage, i: int, j: int, state, sample, score, x0, times, noise, last: bool, eta: float):
+        """Entry ``j``'s stage (interval ``i``) from the model's score and x̂₀; sets the state the next entry
+        reads (``(j, …)``) and returns the sample for the next model call.  ``times``: ``(t_i, t_mid, t_next,
+        t_eval)`` ``(B,)`` float64 (``t_mid`` ``None`` without midpoints)."""
+        cfg = self._cfg
+        t_i, t_mid, t_next, t_eval = times
         if stage is Stage.PREDICT:
             prev = stages.predict(cfg, self.sde, score, sample, t_i, t_next, noise, last, eta)
         elif stage is Stage.CORRECT:
@@ -459,8 +471,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
                                          self._sigmas[i + 1])
                 if stage is Stage.HEUN_PREDICT:
                     self._state = (j, stepper)
-                self._step_index = j + 1
-                return SDESchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
+                return prev
             drift = stages.flow_drift(self.sde, score, sample, t_eval)
             h = expand_as_batch((t_next - t_i).to(sample.dtype), sample)
             if stage is Stage.HEUN_CORRECT and state is not None:  # the trapezoidal rule (state checked above)
@@ -469,10 +480,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
                 prev = sample + h * drift
                 if stage is Stage.HEUN_PREDICT:
                     self._state = (j, sample, drift)
-        self._step_index = j + 1
-        if not return_dict:
-            return (prev, x0)
-        return SDESchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return prev
 
     def _multistep_stepper(self):
         """A fresh stepper of ``method`` (a one-call multistep method) on this schedule's σ̃ grid."""
