@@ -209,7 +209,8 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                        noise_sampler=None, generator=None, *, seed=None, sample_index=None):
+                        noise_sampler=None, generator=None, *, seed=None, sample_index=None,
+                        exact_third_order=False):
     """DPM-Solver++(3M) SDE: the third-order multistep data-prediction integrator of a reverse SDE.
 
     Source: Lu et al. 2022b ("DPM-Solver++"), multistep data prediction
@@ -230,16 +231,24 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     Default noise: as :func:`sample_dpmpp_2m_sde` (the one deliberate
     difference from k-diffusion, whose default is a Brownian tree).
 
+    ``exact_third_order=True`` (opt-in; sdekit's, not the peers'): the weight ``−2φ₃`` on ``d₂`` instead of
+    ``−φ₃``.  ``d₂ ≈ h² D''/2``, and the exact integral of a quadratic ``D(λ)`` over the step weights it by
+    ``∫₀¹ ĥ e^{−ĥ(1−v)} v² dv = 1 − 2φ₂/ĥ = −2φ₃``; with ``−φ₃`` (the official update, k-diffusion's and
+    diffusers') the step is exact only for linear ``D`` and the method is second order.
+
     Args:
         eta, s_noise, noise_sampler, generator, seed, sample_index, and the rest:
             as :func:`sample_dpmpp_2m_sde`.
+        exact_third_order: the weight that integrates a quadratic ``D`` exactly (default ``False``: the
+            peers' update).
     Returns:
         ``(B, *D)`` the sample at ``sigmas[-1]``.
     Raises:
         ValueError / TypeError: as :func:`sample_dpmpp_2m_sde` (there is no ``solver_type``).
     """
     return _multistep_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
-                          (noise_sampler, seed, sample_index, generator), order=3, midpoint=False)
+                          (noise_sampler, seed, sample_index, generator), order=3, midpoint=False,
+                          quadratic=2.0 if exact_third_order else 1.0)
 
 
 class DPMSolverSDEStepper:
@@ -259,12 +268,14 @@ class DPMSolverSDEStepper:
             (``"heun"``, what k-diffusion's 3M takes on its second step).
         lower_order_final: diffusers' rule for grids of fewer than 15 steps: the second-to-last step at
             order ``<= 2`` (k-diffusion has no such rule: ``False``).
+        quadratic: the multiple of ``−φ₃`` that weights ``d₂`` in the third-order step (1: the peers'
+            update; 2: exact for a quadratic ``D``, :func:`sample_dpmpp_3m_sde`'s ``exact_third_order``).
     """
 
     def __init__(self, values, eta: float, s_noise: float, order: int, midpoint: bool,
-                 lower_order_final: bool = False) -> None:
+                 lower_order_final: bool = False, quadratic: float = 1.0) -> None:
         self.values, self.order, self.s_noise = [float(v) for v in values], order, s_noise
-        self.steps = _sde_steps([v for v in self.values if v > 0], eta, order, midpoint)
+        self.steps = _sde_steps([v for v in self.values if v > 0], eta, order, midpoint, quadratic)
         n = len(self.values) - 1
         self._lowered = n - 2 if lower_order_final and n < 15 else None  # the step capped at order 2
         self.history: list = []  # D of the last steps, newest first
@@ -283,15 +294,16 @@ class DPMSolverSDEStepper:
         return x
 
 
-def _multistep_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_args, order, midpoint):
+def _multistep_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_args, order, midpoint,
+                   quadratic=1.0):
     """:func:`one_call_loop` with a :class:`DPMSolverSDEStepper`."""
     eta, s_noise = check_nonnegative("eta", eta), check_real("s_noise", s_noise)
     return one_call_loop(model, x, sigmas, extra_args, callback, disable,
-                         lambda values: DPMSolverSDEStepper(values, eta, s_noise, order, midpoint),
+                         lambda values: DPMSolverSDEStepper(values, eta, s_noise, order, midpoint, quadratic=quadratic),
                          step_noise(x, sigmas, *noise_args))
 
 
-def _sde_steps(grid: list[float], eta: float, order: int, midpoint: bool):
+def _sde_steps(grid: list[float], eta: float, order: int, midpoint: bool, quadratic: float = 1.0):
     """Per step between the positive ``grid`` points: ``(decay, rows, noise scale)``, ``rows[k − 1]`` the
     weights of ``D_i, D_{i−1}, …`` at order ``k = 1 … min(order, i + 1)``."""
     if len(grid) < 2:
@@ -313,9 +325,9 @@ def _sde_steps(grid: list[float], eta: float, order: int, midpoint: bool):
         if i >= 1:  # c (D_i − D_{i−1})/r
             c = (0.5 * p1 if midpoint else p2) / r[i]
             rows.append((p1 + c, -c))
-        if i >= 2 and order == 3:  # φ₂ d₁ − φ₃ d₂ = (φ₂ + k) δ₀ − k δ₁, k = (φ₂ r₀ − φ₃)/(r₀ + r₁)
+        if i >= 2 and order == 3:  # φ₂ d₁ − qφ₃ d₂ = (φ₂ + k) δ₀ − k δ₁, k = (φ₂ r₀ − qφ₃)/(r₀ + r₁)
             r0, r1 = r[i], r[i] * r[i - 1]
-            k = (p2 * r0 - p3) / (r0 + r1)
+            k = (p2 * r0 - quadratic * p3) / (r0 + r1)
             rows.append((p1 + (p2 + k) / r0, -(p2 + k) / r0 - k / r1, k / r1))
         steps.append((decay[i], rows, noise[i]))
     return steps
