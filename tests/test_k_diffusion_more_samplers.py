@@ -220,9 +220,11 @@ def test_signatures_are_k_diffusions_plus_sdekits_noise_keywords(name):
     for key, param in theirs.items():
         assert mine[key].default == param.default and mine[key].kind == param.kind, key
     extra = list(mine)[len(theirs):]
-    assert extra == ([] if name == "lms" else ["generator", "seed", "sample_index"])
+    opt_in = ["exact_third_order"] if name == "dpmpp_3m_sde" else []  # sdekit's opt-in improvements
+    assert extra == ([] if name == "lms" else ["generator", "seed", "sample_index"] + opt_in)
     if extra:
         assert mine["seed"].kind is mine["sample_index"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert all(mine[k].kind is inspect.Parameter.KEYWORD_ONLY and mine[k].default is False for k in opt_in)
     assert f"sample_{name}" in ours.__all__ and getattr(ours, f"sample_{name}").__doc__
 
 
