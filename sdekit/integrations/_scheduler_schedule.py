@@ -31,6 +31,8 @@ SIGMA_FLOW_METHODS = ("euler", "heun")
 MIDPOINT_METHODS = ("dpm_2", "dpmpp_2s")
 SCHEDULER_METHODS = (SDE_METHODS + ("ode_euler", "ode_heun", "dpmpp_2m", "unipc") + MULTISTEP_METHODS
                      + SIGMA_FLOW_METHODS + MIDPOINT_METHODS)
+#: The methods with two model calls per interval (diffusers' ``order`` 2; ``build_plan`` lays them out).
+TWO_CALL_METHODS = ("ode_heun", "heun") + MIDPOINT_METHODS
 SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_GRIDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 #: ᾱ at the last timestep of a zero-terminal-SNR schedule of fewer than 3 timesteps (diffusers' Euler floor).

@@ -16,6 +16,7 @@ from ..sampling.correctors import CORRECTORS
 from ..sampling.denoise import posterior_mean
 from ..sampling.dpm_solver import dpmpp_2m_update
 from ..sampling.predictors import PREDICTORS, AbstractPredictor, DDIMPredictor
+from ..sampling.sigma_space import scaled_state, unscaled_state
 from ..score_models import Frozen, score_from_x0
 from ._scheduler_schedule import Stage
 
@@ -109,10 +110,8 @@ def unipc(stepper, sde, sample, x0, t_i, t_next, i: int):
     The stepper works on the scaled state ``x̃ = (x − c)/α`` at ``σ̃ = σ/α``, where x̂₀ is the denoiser's
     output (:mod:`sdekit.sampling.sigma_space`); ``t_i``, ``t_next`` ``(B,)`` float64.
     """
-    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
-    scaled = (sample - col(sde.mean_offset(t_i))) / col(sde.mean_coeff(t_i))
-    out = stepper.predict(i, stepper.correct(scaled, x0))
-    return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
+    out = stepper.predict(i, stepper.correct(scaled_state(sde, sample, t_i), x0))
+    return unscaled_state(sde, out, t_next)
 
 
 def multistep(stepper, sde, sample, x0, t_i, t_next, i: int, sigma_i: float, noise):
@@ -121,11 +120,8 @@ def multistep(stepper, sde, sample, x0, t_i, t_next, i: int, sigma_i: float, noi
     As :func:`unipc`: the stepper works on ``x̃ = (x − c)/α`` at ``σ̃ = σ/α`` (``sigma_i`` its ``σ̃_i``), with
     x̂₀ the denoiser's output; its noise, drawn in ``x̃``, is scaled back with the state.
     """
-    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
-    scaled = (sample - col(sde.mean_offset(t_i))) / col(sde.mean_coeff(t_i))
-    sigma = torch.full((sample.shape[0],), sigma_i, dtype=sample.dtype, device=sample.device)
-    out = stepper.step(i, scaled, x0, sigma, noise)
-    return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
+    out = stepper.step(i, scaled_state(sde, sample, t_i), x0, _level(sample, sigma_i), noise)
+    return unscaled_state(sde, out, t_next)
 
 
 def sigma_flow(stage, stepper, sde, sample, x0, t_i, t_next, sigma_i: float, sigma_next: float):
@@ -135,15 +131,11 @@ def sigma_flow(stage, stepper, sde, sample, x0, t_i, t_next, sigma_i: float, sig
     its x̂₀, and completes the trapezoidal step the stepper's last :meth:`predict` began; any other stage is
     the Euler step (the sample for the corrector's model call, for ``Stage.HEUN_PREDICT``).
     """
-    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
-    level = lambda v: torch.full((sample.shape[0],), v, dtype=sample.dtype, device=sample.device)
     if stage is Stage.HEUN_CORRECT:
-        x_euler = (sample - col(sde.mean_offset(t_next))) / col(sde.mean_coeff(t_next))
-        out = stepper.correct(x_euler, x0, level(sigma_next))
+        out = stepper.correct(scaled_state(sde, sample, t_next), x0, _level(sample, sigma_next))
     else:
-        scaled = (sample - col(sde.mean_offset(t_i))) / col(sde.mean_coeff(t_i))
-        out = stepper.predict(scaled, x0, level(sigma_i), level(sigma_next))
-    return col(sde.mean_coeff(t_next)) * out + col(sde.mean_offset(t_next))
+        out = stepper.predict(scaled_state(sde, sample, t_i), x0, _level(sample, sigma_i), _level(sample, sigma_next))
+    return unscaled_state(sde, out, t_next)
 
 
 def midpoint_step(stage, state, method: str, sde, sample, x0, t_i, t_mid, t_next, sigmas, pp2s, i: int):
@@ -160,29 +152,33 @@ def midpoint_step(stage, state, method: str, sde, sample, x0, t_i, t_mid, t_next
     from .k_diffusion import FlowStepper
     from .k_diffusion_singlestep import DPM2Stepper
 
-    col = lambda v: expand_as_batch(v.to(sample.dtype), sample)
-    level = lambda v: torch.full((sample.shape[0],), v, dtype=sample.dtype, device=sample.device)
-    to_scaled = lambda x, t: (x - col(sde.mean_offset(t))) / col(sde.mean_coeff(t))
-    to_state = lambda x, t: col(sde.mean_coeff(t)) * x + col(sde.mean_offset(t))
     if stage is Stage.MID_CORRECT:
-        u = to_scaled(sample, t_mid)
+        u = scaled_state(sde, sample, t_mid)
         if method == "dpm_2":
             stepper, level_mid = state
             out = stepper.correct(u, x0, level_mid)
         else:
             pp2s.pending = state
             out = pp2s.correct(i, x0)
-        return to_state(out, t_next), None
-    scaled = to_scaled(sample, t_i)
+        return unscaled_state(sde, out, t_next), None
+    scaled = scaled_state(sde, sample, t_i)
     if sigmas[i + 1] == 0:  # the last interval: one call
-        out = FlowStepper().predict(scaled, x0, level(sigmas[i]), level(0.0)) if method == "dpm_2" else x0
-        return to_state(out, t_next), None
+        if method == "dpm_2":
+            out = FlowStepper().predict(scaled, x0, _level(sample, sigmas[i]), _level(sample, 0.0))
+        else:
+            out = x0
+        return unscaled_state(sde, out, t_next), None
     if method == "dpm_2":
         stepper = DPM2Stepper()
-        u, level_mid = stepper.predict(scaled, x0, level(sigmas[i]), level(sigmas[i + 1]))
-        return to_state(u, t_mid), (stepper, level_mid)
+        u, level_mid = stepper.predict(scaled, x0, _level(sample, sigmas[i]), _level(sample, sigmas[i + 1]))
+        return unscaled_state(sde, u, t_mid), (stepper, level_mid)
     u = pp2s.predict(i, scaled, x0)
-    return to_state(u, t_mid), pp2s.pending
+    return unscaled_state(sde, u, t_mid), pp2s.pending
+
+
+def _level(like: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A noise level for every row of ``like``: ``(B,)`` in its dtype and device."""
+    return torch.full((like.shape[0],), sigma, dtype=like.dtype, device=like.device)
 
 
 def summary(values) -> str:

@@ -99,6 +99,7 @@ from ._scheduler_schedule import (
     SDE_METHODS,
     SIGMA_GRIDS,
     SPACINGS,
+    TWO_CALL_METHODS,
     Stage,
     build_plan,
     sigma_grid_timesteps,
@@ -269,7 +270,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
         self.sde = DiscreteVPSDE(alphas_cumprod)
         self.alphas_cumprod = alphas_cumprod.to(torch.float32)
         self.init_noise_sigma = 1.0
-        self.order = 2 if method in ("ode_heun", "heun", "dpm_2", "dpmpp_2s") else (1 + corrector_steps if corrector is not None else 1)
+        self.order = 2 if method in TWO_CALL_METHODS else (1 + corrector_steps if corrector is not None else 1)
         self._unusable = None
         if len(self.betas) != num_train_timesteps:
             self._unusable = (f"trained_betas has {len(self.betas)} entries but num_train_timesteps = "
@@ -440,7 +441,7 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
             prev = stages.correct(cfg, self.sde, score, sample, t_i, t_next, noise)
         elif stage is Stage.UNIPC:
             stepper = state[1] if state is not None and state[0] == j - 1 else UniPCStepper(
-                self._sigmas, cfg.solver_order or SOLVER_ORDERS["unipc"], cfg.solver_type or "bh2", cfg.lower_order_final,
+                self._sigmas, self._solver_order(), self._solver_type(), cfg.lower_order_final,
                 cfg.disable_corrector or ())
             prev = stages.unipc(stepper, self.sde, sample, x0, t_i, t_next, i)
             self._state = (j, stepper)
@@ -482,18 +483,27 @@ class SDEScheduler(TimestepLookup, KeyedNoise, SchedulerMixin, ConfigMixin):  # 
                     self._state = (j, sample, drift)
         return prev
 
+    def _solver_order(self) -> int:
+        """``solver_order``, or the method's default (:data:`SOLVER_ORDERS`) where it is ``None``."""
+        cfg = self._cfg
+        return cfg.solver_order if cfg.solver_order is not None else SOLVER_ORDERS[cfg.method]
+
+    def _solver_type(self) -> str:
+        """``solver_type``, or the method's default (the first of :data:`SOLVER_TYPES`) where it is ``None``."""
+        cfg = self._cfg
+        return cfg.solver_type if cfg.solver_type is not None else SOLVER_TYPES[cfg.method][0]
+
     def _multistep_stepper(self):
         """A fresh stepper of ``method`` (a one-call multistep method) on this schedule's σ̃ grid."""
         cfg = self._cfg
-        order = cfg.solver_order if cfg.solver_order is not None else SOLVER_ORDERS.get(cfg.method)
         if cfg.method == "lms":
-            return SlopeMultistepStepper(self._sigmas, order, lms_coefficients)
+            return SlopeMultistepStepper(self._sigmas, self._solver_order(), lms_coefficients)
         if cfg.method == "deis":
-            return SlopeMultistepStepper(self._sigmas, order,
+            return SlopeMultistepStepper(self._sigmas, self._solver_order(),
                                          lambda v, m: deis_coefficients(v, m, cfg.lower_order_final))
         eta = 0.0 if cfg.method == "dpmpp_3m" else 1.0
         return DPMSolverSDEStepper(self._sigmas, eta, 1.0, 2 if cfg.method == "dpmpp_2m_sde" else 3,
-                                   cfg.solver_type != "heun", cfg.lower_order_final)
+                                   self._solver_type() == "midpoint", cfg.lower_order_final)
 
     # ------------------------------------------------------------------ training-side helpers
 

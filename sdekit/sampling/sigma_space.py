@@ -88,6 +88,19 @@ def time_of_sigma(sde: AbstractLinearSDE, sigma: torch.Tensor, t_max: float | No
     return time_of_log_snr(sde, -torch.log(sigma.to(torch.float64)), t_max)
 
 
+def scaled_state(sde: AbstractLinearSDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The k-diffusion variable ``x̃ = (x − c(t))/α(t)`` of the state ``x`` ``(B, *D)`` at times ``t`` ``(B,)``
+    (float64; the coefficients are rounded to ``x``'s dtype).  Karras et al. 2022, §4 (scaling) and Table 1."""
+    return (x - expand_as_batch(sde.mean_offset(t).to(x.dtype), x)) / expand_as_batch(
+        sde.mean_coeff(t).to(x.dtype), x)
+
+
+def unscaled_state(sde: AbstractLinearSDE, x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`scaled_state`: ``x = α(t) x̃ + c(t)``, ``(B, *D)`` in ``x_scaled``'s dtype."""
+    return expand_as_batch(sde.mean_coeff(t).to(x_scaled.dtype), x_scaled) * x_scaled + expand_as_batch(
+        sde.mean_offset(t).to(x_scaled.dtype), x_scaled)
+
+
 class ScaledDenoiser:
     """The k-diffusion denoiser ``D(x̃, σ̃) = E[x_0 | x_t]`` of a score model on a linear SDE.
 
@@ -113,15 +126,12 @@ class ScaledDenoiser:
         return time_of_sigma(self.sde, sigma, self.t_max)
 
     def to_state(self, x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x = α(t) x̃ + c(t)`` for ``t`` ``(B,)`` float64."""
-        alpha, offset = self.sde.mean_coeff(t), self.sde.mean_offset(t)
-        return expand_as_batch(alpha.to(x_scaled.dtype), x_scaled) * x_scaled + expand_as_batch(
-            offset.to(x_scaled.dtype), x_scaled)
+        """``x = α(t) x̃ + c(t)`` for ``t`` ``(B,)`` float64 (:func:`unscaled_state`)."""
+        return unscaled_state(self.sde, x_scaled, t)
 
     def to_scaled(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x̃ = (x − c(t))/α(t)`` for ``t`` ``(B,)`` float64."""
-        alpha, offset = self.sde.mean_coeff(t), self.sde.mean_offset(t)
-        return (x - expand_as_batch(offset.to(x.dtype), x)) / expand_as_batch(alpha.to(x.dtype), x)
+        """``x̃ = (x − c(t))/α(t)`` for ``t`` ``(B,)`` float64 (:func:`scaled_state`)."""
+        return scaled_state(self.sde, x, t)
 
     def __call__(self, x_scaled: torch.Tensor, sigma: torch.Tensor, **model_kwargs) -> torch.Tensor:
         t = self.time(sigma)
