@@ -122,7 +122,9 @@ class SlopeMultistepStepper:
         row = self._tables[self.order][i]
         if len(row) > len(self.slopes):  # a run started midway: the order it has
             m = len(self.slopes)
-            row = self._tables.setdefault(m, self._coefficients(self.values, m))[i]
+            if m not in self._tables:  # computed once per order, not per step
+                self._tables[m] = self._coefficients(self.values, m)
+            row = self._tables[m][i]
         return x + sum(w * e for w, e in zip(row, self.slopes))
 
 
