@@ -4,7 +4,6 @@ A row solved alone takes the host-controlled loop; the same row beside a second 
 steps) takes the masked batched loop.  Both must give the same outputs, counts and failures.
 """
 
-import math
 
 import pytest
 import torch
@@ -63,12 +62,3 @@ def test_failures_alone_are_the_batched_ones():
         assert single.failures[0] == batched.failures[0]
         torch.testing.assert_close(single.solution.ys[:, 0], batched.solution.ys[:, 0], rtol=0, atol=0,
                                    equal_nan=True)
-
-
-def test_odeint_whole_state_gradients_through_the_single_loop():
-    """odeint's whole-state mode (a batch of one) keeps autograd: d y(T)/d k of y' = −k y is −T e^{−kT} y0."""
-    k = torch.tensor(0.8, requires_grad=True, **F64)
-    ys = sdekit.odeint(lambda t, y: -k * y, torch.ones(3, **F64), torch.tensor([0.0, 2.0], **F64), rtol=1e-10,
-                       atol=1e-12)
-    (g,) = torch.autograd.grad(ys[-1].sum(), k)
-    assert abs(float(g) - (-3 * 2.0 * math.exp(-1.6))) < 1e-8

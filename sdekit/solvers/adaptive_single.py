@@ -2,12 +2,14 @@
 
 :func:`sdekit.solve_adaptive` runs a per-sample loop whose acceptance, output
 and bookkeeping are masked tensor operations, so that every sample of a batch
-keeps its own step.  For a single sample (``odeint``'s whole-state mode, a
-one-row ``per_sample`` solve) those masks cost more than the arithmetic of a
+keeps its own step.  For a single sample (a one-row ``per_sample`` solve, a
+likelihood of one sample) those masks cost more than the arithmetic of a
 small state: this loop does the same arithmetic — the same stages, error
 norm, controller and step-size floor, operation for operation, so its results
 are bitwise those of the batched loop — and decides acceptance, hitting the
-end and dense output with Python branches on one host read per attempt.
+end and dense output with Python branches on one host read per attempt.  (``odeint``'s
+whole-state mode, which need not be bitwise a batch row, has its own leaner
+loop: :mod:`sdekit.solvers.adaptive_whole`.)
 
 Used when the batch is one row and there are no events, ``step_t``/``jump_t``
 or callbacks (those stay in the batched loop).  Source of the method: as
@@ -54,7 +56,7 @@ def integrate_single(func, y0, t_out, tableau, rtol, atol, max_steps, controller
     ys = torch.full((n,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=y0.device)
     ys[0] = y0
     outs = t_out[0].tolist()  # output times on the host (compared in float64: the sign of a difference is exact)
-    sign = float(direction[0])
+    sign = float(direction[0].detach())
     next_out = 1
     nfe = 1 + (opts.first_step is None)
     steps = rejected = 0
@@ -62,7 +64,8 @@ def integrate_single(func, y0, t_out, tableau, rtol, atol, max_steps, controller
     err_prev = torch.ones(1, dtype=y0.dtype, device=y0.device)
     last_rejected = torch.zeros(1, dtype=torch.bool, device=y0.device)
     last_h = h.clone()
-    failure = 0 if float(span[0]) > 0 or not math.isfinite(float(span[0])) else -1
+    span0 = float(span[0].detach())
+    failure = 0 if span0 > 0 or not math.isfinite(span0) else -1
     attempt = 0
     while failure == 0:
         if attempt == max_steps:

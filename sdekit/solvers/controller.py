@@ -20,6 +20,7 @@ rejection.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,22 @@ class StepController:
         fac = (self.safety * fac).clamp(self.min_factor, self.max_factor)
         fac = torch.where(last_rejected, fac.clamp(max=1.0), fac)
         return torch.where(finite, fac, torch.full_like(err, self.min_factor))
+
+    def host_factor(self, err: float, err_prev: float, error_order: int, last_rejected: bool) -> float:
+        """:meth:`factor` for one system, on host floats (the whole-state loop of :mod:`.adaptive_whole`).
+
+        The same rule in float64 arithmetic: ``min_factor`` for a non-finite ``err``.
+        """
+        if not math.isfinite(err):
+            return self.min_factor
+        k = error_order + 1
+        e = max(err, 1e-10)
+        if err <= 1.0:
+            fac = math.exp(-self.beta1 / k * math.log(e)) * math.exp(self.beta2 / k * math.log(max(err_prev, 1e-10)))
+        else:  # after a rejection: plain I control
+            fac = math.exp(-1.0 / k * math.log(e))
+        fac = min(max(self.safety * fac, self.min_factor), self.max_factor)
+        return min(fac, 1.0) if last_rejected else fac
 
 
 #: Defaults: the PI controller above.

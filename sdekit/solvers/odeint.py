@@ -11,6 +11,7 @@ import torch
 
 from .._checks import check_batch, check_callable, check_finite, check_model_output, check_positive, check_positive_int
 from .adaptive import StepOptions, solve_adaptive
+from .adaptive_whole import solve_whole, supports
 from .controller import PI_CONTROLLER, StepController
 from .fixed import solve_fixed
 from .implicit import IMPLICIT_METHODS
@@ -33,6 +34,7 @@ _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp", "max_num
 _ADAMS_OPTIONS = _FIXED_OPTIONS | {"max_iters", "max_order"}
 _IMPLICIT_OPTIONS = _FIXED_OPTIONS | {"max_iters"}
 _SCIPY_OPTIONS = {"solver", "min_step", "max_step", "first_step"}
+HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -218,7 +220,8 @@ def _odeint_whole(func, y0, t, rtol, atol, method, options, event_fn, controller
         ys, nfe, steps, event_t = _fixed_grid(ws, y, s, method, rtol_f, atol_f, options, event_fn)
         rejected = 0 * one
     else:
-        sol = _adaptive_whole(ws, y, s, TABLEAUS[method], rtol_f, atol_f, options, event_fn, controller)
+        t64 = torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float64)
+        sol = _adaptive_whole(ws, y, s, t64, TABLEAUS[method], rtol_f, atol_f, options, event_fn, controller)
         assert sol.ys is not None
         ys, nfe, steps, rejected = sol.ys[:, 0], sol.nfe, sol.steps, sol.rejected
         if sol.event_t is not None:
@@ -238,7 +241,8 @@ def _tol(tol, like: torch.Tensor):
         if isinstance(tol, torch.Tensor) else tol
 
 
-def _adaptive_whole(ws: WholeState, y, s, tableau, rtol, atol, options, event_fn, controller):
+def _adaptive_whole(ws: WholeState, y, s, s_host, tableau, rtol, atol, options, event_fn, controller):
+    """The adaptive solve of one system; ``s_host``: the user's times in float64 (stepped in float64 there)."""
     _warn_unused(options, _ADAPTIVE_OPTIONS, tableau.name)
     opts = StepOptions(
         first_step=options.get("first_step"),
@@ -252,6 +256,10 @@ def _adaptive_whole(ws: WholeState, y, s, tableau, rtol, atol, options, event_fn
     max_steps = check_positive_int("options['max_num_steps']", options.get("max_num_steps", 2**31 - 1))
     if opts.first_step is not None:
         opts = StepOptions(**{**opts.__dict__, "first_step": float(opts.first_step)})
+    if event_fn is None and supports(tableau, opts) and not s.requires_grad and y.dtype not in HALF:
+        real = y.real.dtype if y.is_complex() else y.dtype
+        return solve_whole(ws.host_rhs(real, y.device), y, s_host.tolist(), tableau, _tol(rtol, y), _tol(atol, y), max_steps,
+                           controller, opts, ws.flat_norm(options.get("norm")))
     y0 = y.unsqueeze(0)
     if event_fn is not None:
         t_eval = torch.stack([s[0], s[0] + math.inf]).unsqueeze(0)

@@ -63,6 +63,27 @@ class WholeState:
         dy = self.flat.flatten(out, "func").to(y.dtype)
         return dy if self.sign > 0 else -dy
 
+    def host_rhs(self, dtype: torch.dtype, device: torch.device) -> Callable[[float, torch.Tensor], torch.Tensor]:
+        """``dy/dt`` of the flat state ``(N,)`` at the user's time ``t`` (a float), for the whole-state loop.
+
+        ``func`` gets ``t`` as a 0-d tensor of ``dtype`` (the state's real dtype, as torchdiffeq passes it).
+        """
+        func, flat = self.func, self.flat
+        if flat.is_tuple:
+            return lambda t, y: flat.flatten(func(torch.scalar_tensor(t, dtype=dtype, device=device),
+                                                  flat.unflatten(y)), "func").to(y.dtype)
+        shape = torch.Size(flat.shapes[0])
+        flat_1d = len(shape) == 1  # the flat vector is the state
+
+        def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
+            out = func(torch.scalar_tensor(t, dtype=dtype, device=device), y if flat_1d else y.reshape(shape))
+            if not isinstance(out, torch.Tensor) or out.shape != shape:
+                flat.flatten(out, "func")  # raises, naming what was expected
+            dy = out if flat_1d else out.reshape(-1)
+            return dy if dy.dtype == y.dtype else dy.to(y.dtype)
+
+        return rhs
+
     def batched_rhs(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:meth:`rhs` for the adaptive engine's batch of one: ``s`` ``(1,)``, ``y`` ``(1, N)``."""
         # the row as the user's structure straight from (1, N): one view for a tensor state
@@ -120,6 +141,14 @@ class WholeState:
     def times(self, values, name: str) -> tuple:
         """Option times (``step_t``, ``jump_t``) in solver time, as floats."""
         return option_times(values, name, self.sign)
+
+    def flat_norm(self, user_norm: Callable | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The norm ``(N,) -> 0-d`` of the flat state: the user's ``norm(state)``, torchdiffeq's default for a
+        tuple (the largest per-tensor RMS), or ``None`` for a tensor state (RMS, the engine's own)."""
+        if user_norm is not None:
+            check_callable("options['norm']", user_norm)
+            return self.flat.user_norm(user_norm)
+        return self.flat.default_norm() if self.flat.is_tuple else None
 
     def norm(self, user_norm: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The engine's per-row norm ``(1, N) -> (1,)``: the user's ``norm(state)`` or torchdiffeq's default."""

@@ -47,6 +47,18 @@ class GaussianMixture:
             raise ValueError("covs must be symmetric positive definite")
         self.weights, self.means, self.covs = weights, means, covs
         self.K, self.D = K, D
+        # Σ_k = Q_k diag(λ_k) Q_kᵀ: every marginal covariance m² Σ_k + σ² I shares Q_k, so a per-sample time
+        # costs a division by m² λ + σ² instead of a Cholesky factorisation per sample and component
+        self._eig = torch.linalg.eigh(covs.to(torch.float64))
+
+    def _coefficients(self, sde, t, like: torch.Tensor):
+        """``m``, ``c``, ``σ`` of the marginal at ``t``, each ``(B', 1)``; ``B' = 1`` for a shared time."""
+        if not isinstance(sde, AbstractLinearSDE):
+            raise TypeError(f"sde must be a linear SDE with closed-form marginals, got {type(sde).__name__}")
+        t = batch_time(t, like)
+        if bool((t == t[0]).all()):  # one shared time (a reference: syncs are fine)
+            t = t[:1]
+        return tuple(v[:, None] for v in (sde.mean_coeff(t), sde.mean_offset(t), sde.std(t)))
 
     def _params(self, sde, t, like: torch.Tensor):
         """Component means ``(B', K, D)`` and covariances ``(B', K, D, D)``; ``B' = 1`` for a shared time."""
@@ -54,30 +66,34 @@ class GaussianMixture:
         cov = self.covs.to(like)
         if sde is None:
             return mu[None], cov[None]
-        if not isinstance(sde, AbstractLinearSDE):
-            raise TypeError(f"sde must be a linear SDE with closed-form marginals, got {type(sde).__name__}")
-        t = batch_time(t, like)
-        if bool((t == t[0]).all()):  # one shared time: factor one set of covariances (a reference, syncs are fine)
-            t = t[:1]
-        m, c, s = (v[:, None, None] for v in (sde.mean_coeff(t), sde.mean_offset(t), sde.std(t)))
+        m, c, s = (v[..., None] for v in self._coefficients(sde, t, like))
         eye = torch.eye(self.D, dtype=like.dtype, device=like.device)
         return m * mu + c, m[..., None] ** 2 * cov + s[..., None] ** 2 * eye
 
     def _component_terms(self, x, sde, t):
-        """Flattened x, precision-weighted residuals ``P_k (x − μ_k)`` and ``log w_k N_k(x)``."""
+        """Flattened x, precision-weighted residuals ``P_k (x − μ_k)`` and ``log w_k N_k(x)``.
+
+        In the eigenbasis of ``Σ_k``: the marginal covariance is ``Q_k diag(v) Q_kᵀ`` with
+        ``v = m² λ_k + σ²``, so ``P_k r = Q_k (Q_kᵀ r / v)`` and ``log det = Σ log v``.
+        """
         xf = x.flatten(1)
         if xf.shape[1] != self.D:
             raise ValueError(f"x must have D={self.D} features per sample, got shape {tuple(x.shape)}")
-        mu, cov = self._params(sde, t, xf)
-        L = torch.linalg.cholesky(cov)  # (1 or B, K, D, D), broadcast below
-        precision = torch.cholesky_inverse(L)
-        log_det = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-        diff = xf[:, None, :] - mu  # (B, K, D)
-        if precision.shape[0] == 1:  # shared time: K (B, D) x (D, D) products instead of B K tiny ones
-            prec_diff = torch.einsum("kij,bkj->bki", precision[0], diff)
+        lam, Q = (v.to(xf) for v in self._eig)  # (K, D), (K, D, D)
+        mu = self.means.to(xf)
+        if sde is None:
+            var = lam[None]
         else:
-            prec_diff = (precision @ diff.unsqueeze(-1)).squeeze(-1)
-        maha = torch.einsum("bkd,bkd->bk", diff, prec_diff)
+            m, c, s = (v[..., None] for v in self._coefficients(sde, t, xf))  # (B', 1, 1)
+            mu = m * mu + c  # (B', K, D)
+            var = m**2 * lam + s**2  # (B', K, D)
+        diff = xf[:, None, :] - mu  # (B, K, D)
+        # one small product per (sample, component), so that a sample's score does not depend on its batch
+        z = (Q.transpose(-1, -2) @ diff.unsqueeze(-1)).squeeze(-1)  # Q_kᵀ (x − μ_k)
+        zv = z / var
+        prec_diff = (Q @ zv.unsqueeze(-1)).squeeze(-1)
+        maha = (z * zv).sum(-1)
+        log_det = torch.log(var).sum(-1)
         log_n = -0.5 * maha - 0.5 * log_det - 0.5 * self.D * math.log(2 * math.pi)
         return xf, prec_diff, torch.log(self.weights.to(xf)) + log_n
 

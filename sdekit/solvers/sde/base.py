@@ -125,6 +125,21 @@ def add_into(acc: torch.Tensor, *terms: torch.Tensor) -> torch.Tensor:
     return acc
 
 
+def axpy(total: torch.Tensor, a, x: torch.Tensor, owned: bool, v: torch.Tensor | None = None) -> torch.Tensor:
+    """``total + a·x`` (``total + a·x·v`` with ``v``) in one fused operation where ``a`` is a number.
+
+    ``a`` is a float or a tensor of per-row step sizes ``(B, 1, …)`` (then two operations).
+    ``owned``: ``total`` is a temporary of this step, so it is updated in place (never the
+    state ``y`` or a user's tensor); it must then have the result's shape and dtype.
+    """
+    if isinstance(a, torch.Tensor):
+        term = a * x if v is None else (a * x) * v
+        return total.add_(term) if owned else total + term
+    if v is None:
+        return total.add_(x, alpha=a) if owned else torch.add(total, x, alpha=a)
+    return total.addcmul_(x, v, value=a) if owned else torch.addcmul(total, x, v, value=a)
+
+
 class CommutativeStratonovichSolver(AbstractSDESolver):
     """Base of the Heun-type Stratonovich schemes (heun, midpoint, euler_heun, reversible_heun).
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .base import AbstractSDESolver, add_into, sqrt_step
+import torch
+
+from .base import AbstractSDESolver, add_into, axpy, sqrt_step
 from .srk_tableaus import SRA1, SRA3, SRI2, SRATableau, SRITableau
 
 
@@ -114,31 +116,42 @@ class SRI2Solver(AbstractSDESolver):
     def step(self, t0, h, y, state, dW, dZ):
         p, tab = self.problem, self.tableau
         sqrt_h = sqrt_step(h)
-        i10 = dZ / h
-        i11 = (dW * dW).sub_(h).mul_(0.5 / sqrt_h)  # (ΔW² − h)·(0.5/√h), in place
-        i111 = (dW * dW * dW - 3.0 * h * dW).div_(6.0 * h)
-
-        def acc(total, term):  # total + term; in place once total is a temporary of this step
-            return total + term if total is y else add_into(total, term)
-
+        # The iterated integrals as raw tensors times scalars, the scalars folded into the weights:
+        # I_(1,0)/h = ΔZ·(1/h), I_(1,1)/√h = (ΔW² − h)·(1/(2√h)), I_(1,1,1)/h = ΔW(ΔW² − 3h)·(1/(6h)).
+        dW2 = dW * dW
+        u11 = dW2 - h
+        u111 = dW2.sub_(3.0 * h).mul_(dW)
+        integrals = ((dW, 1.0), (u11, 0.5 / sqrt_h), (dZ, 1.0 / h), (u111, 1.0 / (6.0 * h)))
         fs, gs = [], []
         y1 = y
         for i in range(tab.stages):
-            H0, H1 = y, y
+            H0 = H1 = y
             for j in range(i):
                 if tab.A0[i][j]:
-                    H0 = acc(H0, (tab.A0[i][j] * h) * fs[j])
+                    H0 = axpy(H0, tab.A0[i][j] * h, fs[j], H0 is not y)
                 if tab.A1[i][j]:
-                    H1 = acc(H1, (tab.A1[i][j] * h) * fs[j])
-                if tab.B0[i][j]:
-                    H0 = acc(H0, (tab.B0[i][j] * gs[j]).mul_(i10))
+                    H1 = axpy(H1, tab.A1[i][j] * h, fs[j], H1 is not y)
+                if tab.B0[i][j]:  # B0 g_j I_(1,0)/h
+                    H0 = _noise_term(H0, tab.B0[i][j] / h, gs[j], dZ, H0 is not y)
                 if tab.B1[i][j]:
-                    H1 = acc(H1, (tab.B1[i][j] * sqrt_h) * gs[j])
+                    H1 = axpy(H1, tab.B1[i][j] * sqrt_h, gs[j], H1 is not y)
             needs_f = tab.alpha[i] or any(row[i] for row in tab.A0[i + 1:] + tab.A1[i + 1:] if len(row) > i)
             fs.append(p.drift(t0 + tab.c0[i] * h, H0) if needs_f else None)
             gs.append(p.diffusion_column(t0 + tab.c1[i] * h, H1))
             if tab.alpha[i]:
-                y1 = acc(y1, (tab.alpha[i] * h) * fs[i])
-            weight = add_into(tab.beta1[i] * dW, tab.beta2[i] * i11, tab.beta3[i] * i10, tab.beta4[i] * i111)
-            y1 = acc(y1, weight.mul_(gs[i]) if weight.shape == gs[i].shape else gs[i] * weight)
+                y1 = axpy(y1, tab.alpha[i] * h, fs[i], y1 is not y)
+            # Σ_k β_k,i I_k: one fused multiply-add per nonzero weight
+            weight = None
+            for beta, (integral, scale) in zip((tab.beta1[i], tab.beta2[i], tab.beta3[i], tab.beta4[i]), integrals):
+                if beta:
+                    weight = integral * (beta * scale) if weight is None else axpy(weight, beta * scale, integral, True)
+            if weight is not None:
+                y1 = _noise_term(y1, 1.0, gs[i], weight, y1 is not y)
         return y1, state
+
+
+def _noise_term(total, a, g, v, owned: bool):
+    """``total + a·g·v``; ``g`` ``(B, d)`` and ``v`` ``(B, d)`` or, for scalar noise, ``(B, 1)``."""
+    if owned and torch.broadcast_shapes(g.shape, v.shape) != total.shape:
+        owned = False
+    return axpy(total, a, g, owned and total.dtype == torch.result_type(g, v), v)
