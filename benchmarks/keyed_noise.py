@@ -18,11 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from checkout import use_checkout  # noqa: E402
+from checkout import use_checkout
+from timing import instruction_counts
 
 CHECKOUT_ENV = use_checkout()  # the checkout's sdekit, here and in the callgrind subprocesses
 
@@ -100,7 +97,7 @@ idx = torch.arange(1024)
 _native.library()
 counter_normal_unchecked(1, 2, 3, idx[:1], (4,)); torch.randn(4)  # warm: first-call costs out of the count
 what = sys.argv[1]
-for _ in range(int(sys.argv[2])):
+for _ in range(CALLS):
     if what == "native":
         counter_normal_unchecked(1, 2, 3, idx, (64,))
     elif what == "randn":
@@ -109,23 +106,9 @@ for _ in range(int(sys.argv[2])):
 
 
 def callgrind(calls: int = 10) -> dict | None:
-    if shutil.which("valgrind") is None:
-        return None
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "draw.py"
-        script.write_text(_CG_SCRIPT)
-        env = dict(CHECKOUT_ENV, OMP_NUM_THREADS="1")
-        for what in ("none", "native", "randn"):
-            log = Path(tmp) / f"{what}.out"
-            proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={log}", sys.executable,
-                                   str(script), what, str(calls)], env=env, capture_output=True, text=True,
-                                  timeout=1800, check=False)
-            m = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
-            if proc.returncode != 0 or m is None:
-                return {"error": proc.stderr[-1500:]}
-            out[what] = int(m.group(1))
-    out["calls"] = calls
+    out = instruction_counts(_CG_SCRIPT.replace("CALLS", str(calls)), ("none", "native", "randn"), CHECKOUT_ENV)
+    if out is not None and "error" not in out:
+        out["calls"] = calls
     return out
 
 

@@ -1,4 +1,4 @@
-"""Shared timer for the GPU benchmarks: ``triton.testing.do_bench`` medians, or wall clock in smoke mode."""
+"""Shared timers: ``triton.testing.do_bench`` medians (GPU), wall clock in smoke mode, callgrind instruction counts."""
 
 from __future__ import annotations
 
@@ -58,3 +58,35 @@ def quick_or_full(argv, doc: str, quick_help: str, name: str, here):
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     return args.quick, args.out or Path(here) / "results" / (name + ("_quick" if args.quick else "") + ".md")
+
+
+def instruction_counts(script: str, variants, env: dict, timeout: float = 1800) -> dict | None:
+    """callgrind's instruction totals (Ir) of ``python script <variant>`` for each variant.
+
+    Repeatable on a noisy machine, unlike wall time: run a variant that does the work and one that
+    only imports and warms up ("none"), and the work's count is the difference.  Returns
+    ``{variant: Ir}``, ``None`` without valgrind on the PATH, or ``{"error": stderr}`` if a run failed.
+    """
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if shutil.which("valgrind") is None:
+        return None
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "work.py"
+        path.write_text(script)
+        for what in variants:
+            log = Path(tmp) / f"{what}.out"
+            proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={log}", sys.executable,
+                                   str(path), what], env=dict(env, OMP_NUM_THREADS="1"), capture_output=True,
+                                  text=True, timeout=timeout, check=False)
+            m = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
+            if proc.returncode != 0 or m is None:
+                return {"error": proc.stderr[-1500:]}
+            out[what] = int(m.group(1))
+    return out
