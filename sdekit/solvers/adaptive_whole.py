@@ -50,31 +50,41 @@ class _Stages:
             self.b_terms, self.e_terms = _terms(tableau.b), _terms(tableau.b_error)
             return
         self.buf = k0.new_empty((s,) + tuple(k0.shape))
-        self.buf[0] = k0
-        self.ks = [self.buf[0]]
+        self.rows = list(self.buf.unbind(0))  # row views, made once
+        self.rows[0].copy_(k0)
+        self.count = 1
         self.views = [self.buf[:i].T for i in range(s + 1)]  # (N, i)
         vec = lambda w: torch.tensor(w, dtype=k0.dtype, device=k0.device)
         self.row_vecs = [vec(r) for r in tableau.a]
         self.b_vec, self.e_vec = vec(tableau.b), vec(tableau.b_error)
         self.zero = torch.zeros_like(k0)
 
+    @property
+    def last(self) -> torch.Tensor:
+        """The last stage derivative stored."""
+        return self.ks[-1] if self.graph else self.rows[self.count - 1]
+
     def start(self) -> None:
         """Begin an attempt from the current first derivative."""
-        self.ks = self.ks[:1]
+        if self.graph:
+            self.ks = self.ks[:1]
+        else:
+            self.count = 1
 
     def accept(self) -> None:
         """The step was accepted: its last stage is the next step's first derivative (FSAL)."""
-        if not self.graph:
-            self.buf[0] = self.buf[-1]
-        self.ks = [self.ks[0] if not self.graph else self.ks[-1]]
+        if self.graph:
+            self.ks = [self.ks[-1]]
+        else:
+            self.rows[0].copy_(self.rows[-1])
 
     def add(self, k: torch.Tensor) -> None:
         """Store the next stage derivative."""
-        if not self.graph:
-            i = len(self.ks)
-            self.buf[i] = k
-            k = self.buf[i]
-        self.ks.append(k)
+        if self.graph:
+            self.ks.append(k)
+        else:
+            self.rows[self.count].copy_(k)
+            self.count += 1
 
     def stage_state(self, y, i: int, h: float) -> torch.Tensor:
         """``y + h Σⱼ aᵢⱼ kⱼ``, the state of stage ``i``."""
@@ -214,7 +224,7 @@ def solve_whole(
         scale = torch.maximum(y_abs, y_new_abs) * rtol + atol  # finite iff y_new is
         checks = [norm(stages.error(step) / scale).reshape(()).to(real), scale.amax()]
         if check_last:
-            checks.append(stages.ks[-1].detach().abs().amax().to(real))
+            checks.append(stages.last.detach().abs().amax().to(real))
         err, scale_max, *k_max = torch.stack(checks).tolist()
         err *= norm_scale
         nfe += per_attempt
