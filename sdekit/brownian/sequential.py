@@ -60,3 +60,16 @@ class SequentialBrownian:
                 yield dW, dZ.add_(torch.mul(dW, 0.5, out=half)).mul_(h)
             else:
                 yield dW, None
+
+    def normals(self, times):
+        """Yield ``(z, √h)`` per step of ``times``: the standard normals behind :meth:`increments`' ``ΔW = √h z``.
+
+        The same draws from the generator as ``increments(times)`` (no area), so the same path;
+        ``z`` is one buffer, overwritten by the next step's draw.  For update steps that fold
+        ``√h`` into their own fused multiply-add (:meth:`~sdekit.solvers.sde.euler.EulerMaruyama.step_normal`).
+        """
+        times = [float(t) for t in times]
+        z = torch.empty(self.shape, device=self.device, dtype=self.dtype)
+        for s, t in zip(times[:-1], times[1:]):
+            yield torch.randn(self.shape, generator=self.generator, out=z), math.sqrt(t - s)
+

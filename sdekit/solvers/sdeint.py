@@ -14,6 +14,7 @@ from ..brownian import BrownianTree, CallableBrownian, SequentialBrownian, depth
 from .sde import as_problem, default_method, resolve
 from .sde.adaptive import compose_area, doubling_query, per_row, solve_adaptive, solve_adaptive_rows
 from .sde.base import AbstractSDESolver
+from .sde.euler import EulerMaruyama
 from .sde.problem import RenamedSDE, SDEProblem, check_prior_drift, with_logqp
 
 
@@ -329,7 +330,9 @@ class SolvePlan:
     ``y0`` is the initial state the solver integrates (with ``logqp``, ``(B, d + 1)``: the
     penalty coordinate appended), ``state`` the solver state there; ``grid`` / ``counts``
     the fixed-step grid (unused with ``adaptive``); ``pad`` the zero noise channels
-    appended to each increment for the logqp coordinate.
+    appended to each increment for the logqp coordinate; ``graph`` whether autograd may record
+    the solve (grad mode on and ``y0`` or the SDE module's parameters requiring gradients), so that
+    generator noise must not reuse one buffer for every step's draws.
     """
 
     problem: SDEProblem
@@ -347,6 +350,15 @@ class SolvePlan:
     atol: float
     dt_min: float
     per_sample: bool = False
+    graph: bool = True
+
+
+def _may_record_graph(sde, y0: torch.Tensor) -> bool:
+    """Whether backprop may run through the solve: grad mode on, and ``y0`` or ``sde``'s parameters need gradients."""
+    if not torch.is_grad_enabled():
+        return False
+    params = sde.parameters() if isinstance(sde, torch.nn.Module) else ()
+    return y0.requires_grad or any(p.requires_grad for p in params)
 
 
 def plan_solve(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp,
@@ -424,18 +436,19 @@ def plan_solve(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, option
             raise ValueError("per_sample=True queries each row's path at its own times: pass seed= or "
                              "bm=sdekit.BrownianTree(...), not another bm")
     return SolvePlan(problem, solver, source, times, grid, counts, y_aug, state, pad, bool(adaptive), dt,
-                     rtol, atol, dt_min, bool(per_sample))
+                     rtol, atol, dt_min, bool(per_sample), _may_record_graph(sde, y0))
 
 
 def _increments(plan: SolvePlan, times):
     """The step increments ``(ΔW, ΔZ)`` over consecutive ``times`` from the plan's source (padded).
 
     A :class:`SequentialBrownian` reuses its buffers (each step's increments are used up
-    before the next is drawn).
+    before the next is drawn), unless autograd may record the solve (``plan.graph``): a step's
+    product with the increments saves them for backward.
     """
     solver, source = plan.solver, plan.source
     if isinstance(source, SequentialBrownian):
-        steps = source.increments(times, area=solver.uses_area, reuse=True, levy_area=solver.needs_levy_area)
+        steps = source.increments(times, area=solver.uses_area, reuse=not plan.graph, levy_area=solver.needs_levy_area)
     else:
         steps = source.increments(times, area=solver.uses_area, levy_area=solver.needs_levy_area)
     return _padded(steps, plan.pad) if plan.pad else steps
@@ -467,9 +480,10 @@ def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor
         outs, state = solve_adaptive(solver, query, y, state, times, dt=plan.dt, rtol=plan.rtol, atol=plan.atol,
                                      dt_min=plan.dt_min, record=record)
         return torch.stack([y] + outs), state
-    increments = _increments(plan, plan.grid)
     grid = plan.grid
     t_grid = torch.tensor(grid, dtype=y.dtype, device=y.device)
+    fused = _fused_euler(plan)
+    increments = fused[1] if fused is not None else _increments(plan, grid)
     out = [y]
     i = 0
     for k, n in enumerate(plan.counts):
@@ -477,11 +491,28 @@ def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor
         if record is not None:
             record.append([(grid[j], grid[j + 1], h_step) for j in range(i, i + n)])
         for _ in range(n):
-            dW, dZ = next(increments)
-            y, state = solver.step(t_grid[i], h_step, y, state, dW, dZ)
+            if fused is not None:
+                z, sqrt_h = next(increments)
+                y = fused[0].step_normal(t_grid[i], h_step, y, z, sqrt_h)
+            else:
+                dW, dZ = next(increments)
+                y, state = solver.step(t_grid[i], h_step, y, state, dW, dZ)
             i += 1
         out.append(y)
     return torch.stack(out), state
+
+
+def _fused_euler(plan: SolvePlan):
+    """``(solver, normals)`` for Euler–Maruyama on generator noise, else ``None``.
+
+    Then each step is the hand-written loop's two fused operations (``step_normal`` on the
+    standard normals); a torchsde ``bm`` or the keyed tree keep the step torchsde computes, bit for bit.
+    """
+    solver, source = plan.solver, plan.source
+    if (isinstance(solver, EulerMaruyama) and type(solver) is EulerMaruyama and isinstance(source, SequentialBrownian)
+            and not plan.pad and solver.fuses(plan.y0)):
+        return solver, source.normals(plan.grid)
+    return None
 
 
 def step_increments(plan: SolvePlan, ta: float, tb: float):
