@@ -484,6 +484,8 @@ def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor
     t_grid = torch.tensor(grid, dtype=y.dtype, device=y.device)
     fused = _fused_euler(plan)
     increments = fused[1] if fused is not None else _increments(plan, grid)
+    # without a graph the fused steps alternate between two state buffers (never the user's y0)
+    buffers = [torch.empty_like(y), torch.empty_like(y)] if fused is not None and not plan.graph else None
     out = [y]
     i = 0
     for k, n in enumerate(plan.counts):
@@ -493,12 +495,12 @@ def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor
         for _ in range(n):
             if fused is not None:
                 z, sqrt_h = next(increments)
-                y = fused[0].step_normal(t_grid[i], h_step, y, z, sqrt_h)
+                y = fused[0].step_normal(t_grid[i], h_step, y, z, sqrt_h, None if buffers is None else buffers[i % 2])
             else:
                 dW, dZ = next(increments)
                 y, state = solver.step(t_grid[i], h_step, y, state, dW, dZ)
             i += 1
-        out.append(y)
+        out.append(y if buffers is None else y.clone())
     return torch.stack(out), state
 
 

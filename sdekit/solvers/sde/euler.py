@@ -37,16 +37,20 @@ class EulerMaruyama(AbstractSDESolver):
         p = self.problem
         return p.form == "elementwise" and p.has_diffusion and p._g_prod is None and not y.is_complex()
 
-    def step_normal(self, t0, h: float, y: torch.Tensor, z: torch.Tensor, sqrt_h: float) -> torch.Tensor:
+    def step_normal(self, t0, h: float, y: torch.Tensor, z: torch.Tensor, sqrt_h: float,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
         """The step from the standard normal ``z`` (``ΔW = √h z``): ``y + h f + √h G z`` in two fused operations.
 
         The loop a user writes by hand (``torch.add(y, f, alpha=h).addcmul_(G, z, value=√h)``); the same
-        value as :meth:`step` on ``ΔW = √h z`` up to the rounding of the fused operations.
+        value as :meth:`step` on ``ΔW = √h z`` up to the rounding of the fused operations.  ``out``: a
+        buffer (not ``y``) the new state is written into when no gradient is recorded.
         """
         f, G = self.problem.drift_and_diffusion(t0, y)
         if G.requires_grad:  # backward needs this step's z, and the buffer holds the next step's draw
             z = z.clone()
-        out = torch.add(y, f, alpha=h)
+        if out is not None and (f.requires_grad or y.requires_grad or out.shape != y.shape or out.dtype != y.dtype):
+            out = None
+        out = torch.add(y, f, alpha=h, out=out)
         if torch.broadcast_shapes(G.shape, z.shape) == out.shape and torch.result_type(G, z) == out.dtype:
             return out.addcmul_(G, z, value=sqrt_h)
         return out + self.problem.prod(G, z * sqrt_h)
