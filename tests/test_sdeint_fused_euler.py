@@ -92,3 +92,13 @@ def test_gradients_with_a_state_free_diffusion():
                        generator=torch.Generator().manual_seed(2))[-1]
     (grad,) = torch.autograd.grad(yN.sum(), y0)
     torch.testing.assert_close(grad, torch.full_like(grad, (1 - theta / STEPS) ** STEPS), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("method", ["milstein", "derivative_free_milstein"])
+def test_milstein_on_additive_noise_is_the_euler_step(method):
+    """Additive noise: Milstein's correction vanishes, so on generator noise it takes the fused Euler step."""
+    ou = OrnsteinUhlenbeck(1.3, 0.6, 0.2)
+    y0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0), **F64)
+    run = lambda m: sdekit.sdeint(ou, y0, [0.0, 1.0], method=m, dt=1.0 / STEPS,  # noqa: E731
+                                  generator=torch.Generator().manual_seed(5))
+    assert torch.equal(run(method), run("euler"))

@@ -14,7 +14,7 @@ from ..brownian import BrownianTree, CallableBrownian, SequentialBrownian, depth
 from .sde import as_problem, default_method, resolve
 from .sde.adaptive import compose_area, doubling_query, per_row, solve_adaptive, solve_adaptive_rows
 from .sde.base import AbstractSDESolver
-from .sde.euler import EulerMaruyama
+from .sde.euler import StepFromNormals
 from .sde.problem import RenamedSDE, SDEProblem, check_prior_drift, with_logqp
 
 
@@ -505,14 +505,14 @@ def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor
 
 
 def _fused_euler(plan: SolvePlan):
-    """``(solver, normals)`` for Euler–Maruyama on generator noise, else ``None``.
+    """``(solver, normals)`` for the Euler–Maruyama update on generator noise, else ``None``.
 
     Then each step is the hand-written loop's two fused operations (``step_normal`` on the
     standard normals); a torchsde ``bm`` or the keyed tree keep the step torchsde computes, bit for bit.
     """
     solver, source = plan.solver, plan.source
-    if (isinstance(solver, EulerMaruyama) and type(solver) is EulerMaruyama and isinstance(source, SequentialBrownian)
-            and not plan.pad and solver.fuses(plan.y0)):
+    if (isinstance(solver, StepFromNormals) and isinstance(source, SequentialBrownian) and not plan.pad
+            and solver.fuses(plan.y0)):
         return solver, source.normals(plan.grid)
     return None
 

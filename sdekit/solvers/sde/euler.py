@@ -5,9 +5,48 @@ from __future__ import annotations
 import torch
 
 from .base import AbstractSDESolver, add_into
+from .problem import SDEProblem
 
 
-class EulerMaruyama(AbstractSDESolver):
+class StepFromNormals:
+    """Solvers whose step is ``y + f h + G ΔW`` on some problems (Euler–Maruyama; Milstein on additive noise).
+
+    There ``sdeint`` on generator noise runs :meth:`step_normal` on the standard normals ``z``
+    (``ΔW = √h z``): the update of a hand-written loop, two fused operations per step.
+    """
+
+    problem: SDEProblem
+
+    def euler_update(self) -> bool:
+        """Whether this solver's step on its problem is exactly the Euler–Maruyama update."""
+        return False
+
+    def fuses(self, y: torch.Tensor) -> bool:
+        """Whether :meth:`step_normal` applies: the Euler update with an elementwise ``G`` given by ``g``."""
+        p = self.problem
+        return (self.euler_update() and p.form == "elementwise" and p.has_diffusion and p._g_prod is None
+                and not y.is_complex())
+
+    def step_normal(self, t0, h: float, y: torch.Tensor, z: torch.Tensor, sqrt_h: float,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """The step from the standard normal ``z`` (``ΔW = √h z``): ``y + h f + √h G z`` in two fused operations.
+
+        The loop a user writes by hand (``torch.add(y, f, alpha=h).addcmul_(G, z, value=√h)``); the same
+        value as :meth:`step` on ``ΔW = √h z`` up to the rounding of the fused operations.  ``out``: a
+        buffer (not ``y``) the new state is written into when no gradient is recorded.
+        """
+        f, G = self.problem.drift_and_diffusion(t0, y)
+        if G.requires_grad:  # backward needs this step's z, and the buffer holds the next step's draw
+            z = z.clone()
+        if out is not None and (f.requires_grad or y.requires_grad or out.shape != y.shape or out.dtype != y.dtype):
+            out = None
+        out = torch.add(y, f, alpha=h, out=out)
+        if torch.broadcast_shapes(G.shape, z.shape) == out.shape and torch.result_type(G, z) == out.dtype:
+            return out.addcmul_(G, z, value=sqrt_h)
+        return out + self.problem.prod(G, z * sqrt_h)
+
+
+class EulerMaruyama(StepFromNormals, AbstractSDESolver):
     """``y₁ = y + f(t, y) h + G(t, y) · ΔW`` (Kloeden & Platen 1992, §10.2, eq. 2.1; seed notes 002).
 
     Itô SDEs of any noise type, and Stratonovich SDEs with additive noise (where the two
@@ -32,26 +71,6 @@ class EulerMaruyama(AbstractSDESolver):
         f, gdW = self.problem.drift_and_g_prod(t0, y, dW, out=self.scratch(y))
         return add_into(f * h, y, gdW), state  # = y + f h + G·ΔW
 
-    def fuses(self, y: torch.Tensor) -> bool:
-        """Whether :meth:`step_normal` applies: an elementwise diffusion ``G`` given by ``g`` (not ``g_prod``)."""
-        p = self.problem
-        return p.form == "elementwise" and p.has_diffusion and p._g_prod is None and not y.is_complex()
-
-    def step_normal(self, t0, h: float, y: torch.Tensor, z: torch.Tensor, sqrt_h: float,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-        """The step from the standard normal ``z`` (``ΔW = √h z``): ``y + h f + √h G z`` in two fused operations.
-
-        The loop a user writes by hand (``torch.add(y, f, alpha=h).addcmul_(G, z, value=√h)``); the same
-        value as :meth:`step` on ``ΔW = √h z`` up to the rounding of the fused operations.  ``out``: a
-        buffer (not ``y``) the new state is written into when no gradient is recorded.
-        """
-        f, G = self.problem.drift_and_diffusion(t0, y)
-        if G.requires_grad:  # backward needs this step's z, and the buffer holds the next step's draw
-            z = z.clone()
-        if out is not None and (f.requires_grad or y.requires_grad or out.shape != y.shape or out.dtype != y.dtype):
-            out = None
-        out = torch.add(y, f, alpha=h, out=out)
-        if torch.broadcast_shapes(G.shape, z.shape) == out.shape and torch.result_type(G, z) == out.dtype:
-            return out.addcmul_(G, z, value=sqrt_h)
-        return out + self.problem.prod(G, z * sqrt_h)
-
+    def euler_update(self) -> bool:
+        """Always, unless a subclass has its own ``step`` (which then runs as it is)."""
+        return type(self).step is EulerMaruyama.step

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from .base import AbstractSDESolver, add_into, sqrt_step
+from .euler import StepFromNormals
 from .problem import mul_maybe_into
 
 
-class _MilsteinBase(AbstractSDESolver):
+class _MilsteinBase(StepFromNormals, AbstractSDESolver):
     noise_types = ("diagonal", "scalar", "additive")
     sde_types = ("ito", "stratonovich")
     needs_diffusion = True
@@ -25,6 +26,10 @@ class _MilsteinBase(AbstractSDESolver):
         """``ΔW² − h`` (Itô: 2 I_(1,1)) or ``ΔW²`` (Stratonovich: 2 J_(1,1)); a new tensor."""
         sq = dW * dW
         return sq.sub_(h) if self.problem.sde_type == "ito" else sq
+
+    def euler_update(self) -> bool:
+        """Additive noise: Milstein's correction vanishes and the step is Euler–Maruyama's."""
+        return self.problem.noise_type == "additive" and type(self).step in (Milstein.step, DerivativeFreeMilstein.step)
 
     def _additive(self, t0, h, y, dW):
         """Additive noise: the correction vanishes, ``y + f h + G·ΔW``."""
