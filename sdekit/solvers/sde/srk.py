@@ -30,30 +30,37 @@ class _SRA(AbstractSDESolver):
 
     def step(self, t0, h, y, state, dW, dZ):
         p, tab = self.problem, self.tableau
-        i10 = dZ / h
         # The diffusion does not depend on y: evaluate it once per distinct node c1.
         G = {c: p.diffusion(t0 + c * h, y) for c in sorted(set(tab.c1))} if p.has_diffusion else None
 
-        def g_prod(c, v):
-            return p.prod(G[c], v) if G is not None else p.g_prod(t0 + c * h, y, v)
+        def noise(total, c, terms):
+            """``total + G(t + c h)·Σ β s v`` over ``terms`` = ((β, s, v), …) (β a tableau weight, s a float or
+            per-row scale), fused where ``G`` is elementwise."""
+            terms = [(beta * scale, v) for beta, scale, v in terms if beta]
+            if not terms:
+                return total
+            if G is not None and p.form == "elementwise" and len(terms) == 1:
+                (a, v), = terms
+                return _noise_term(total, a, G[c], v, total is not y)
+            w = terms[0][1] * terms[0][0]
+            for a, v in terms[1:]:
+                w = axpy(w, a, v, True)
+            gw = p.prod(G[c], w) if G is not None else p.g_prod(t0 + c * h, y, w)
+            return total + gw if total is y else add_into(total, gw)
 
-        def acc(total, term):  # total + term; in place once total is a temporary of this step
-            return total + term if total is y else add_into(total, term)
-
+        inv_h = 1.0 / h  # I_(1,0)/h = ΔZ·(1/h), folded into the weights
         fs = []
         y1 = y
         for i in range(tab.stages):
             H = y
             for j in range(i):
                 if tab.A0[i][j]:
-                    H = acc(H, (tab.A0[i][j] * h) * fs[j])
-                if tab.B0[i][j]:
-                    H = acc(H, g_prod(tab.c1[j], tab.B0[i][j] * i10))
+                    H = axpy(H, tab.A0[i][j] * h, fs[j], H is not y)
+                H = noise(H, tab.c1[j], ((tab.B0[i][j], inv_h, dZ),))
             fs.append(p.drift(t0 + tab.c0[i] * h, H))
             if tab.alpha[i]:
-                y1 = acc(y1, (tab.alpha[i] * h) * fs[i])
-            if tab.beta1[i] or tab.beta2[i]:
-                y1 = acc(y1, g_prod(tab.c1[i], add_into(tab.beta1[i] * dW, tab.beta2[i] * i10)))
+                y1 = axpy(y1, tab.alpha[i] * h, fs[i], y1 is not y)
+            y1 = noise(y1, tab.c1[i], ((tab.beta1[i], 1.0, dW), (tab.beta2[i], inv_h, dZ)))
         return y1, state
 
 
