@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import AbstractSDESolver, add_into, sqrt_step
+from .base import AbstractSDESolver, add_into, axpy, sqrt_step
 from .euler import StepFromNormals
 from .problem import mul_maybe_into
 
@@ -87,8 +87,12 @@ class Milstein(_MilsteinBase):
         else:  # scalar: g is (B, d), dW is (B, 1)
             g = p.diffusion_column(t0, y)
             _, ggp = p.diffusion_column_jvp(t0, y, g)
-        # y + f h + g ΔW + ½ (g·∇g) (ΔW² − h), summed left to right without temporaries.
-        correction = (0.5 * ggp).mul_(self._square(dW, h)) if ggp.shape == y.shape else 0.5 * ggp * self._square(dW, h)
+        square = self._square(dW, h)
+        if torch.broadcast_shapes(g.shape, dW.shape) == y.shape == ggp.shape and not y.is_complex():
+            # y + f h + g ΔW + ½ (g·∇g) (ΔW² − h): three fused multiply-adds
+            out = axpy(y, h, f, False)
+            return axpy(axpy(out, 1.0, g, True, dW), 0.5, ggp, True, square), state
+        correction = 0.5 * ggp * square
         return add_into(f * h, y, mul_maybe_into(g, dW, self.scratch(y)), correction), state
 
 
