@@ -290,6 +290,18 @@ def test_score_with_per_sample_times_matches_scalar_times():
         torch.testing.assert_close(batched[i : i + 1], MIX.score(x[i : i + 1], sde, float(t[i])), rtol=1e-14, atol=0)
 
 
+def test_a_rows_score_does_not_depend_on_its_batch():
+    """Bit for bit: the jobs' batch invariance (a sample's result whatever batch it is drawn in) needs it."""
+    sde = VPSDE()
+    x = torch.randn(37, 2, dtype=F64, generator=torch.Generator().manual_seed(8))
+    t = torch.linspace(0.05, 1.0, 37, dtype=F64)
+    batched, log_p = MIX.score(x, sde, t), MIX.log_prob(x, sde, t)
+    for i in (0, 5, 36):
+        assert torch.equal(MIX.score(x[i : i + 1], sde, t[i : i + 1]), batched[i : i + 1])
+        assert torch.equal(MIX.log_prob(x[i : i + 1], sde, t[i : i + 1]), log_p[i : i + 1])
+    assert torch.equal(MIX.score(x[3:20], sde, t[3:20]), batched[3:20])
+
+
 @pytest.mark.parametrize("sde, t", MIX_CASES)
 def test_sample_moments(sde, t):
     n = 40_000
