@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from checkout import use_checkout
-from timing import instruction_counts
+from timing import instruction_counts, write_report
 
 CHECKOUT_ENV = use_checkout()  # the checkout's sdekit, here and in the callgrind subprocesses
 
@@ -99,11 +99,7 @@ def main() -> None:
                   f"{cg['sdekit-' + p] / cg['loop-' + p]:.2f} |" for p in ("ou", "gbm")]
     flags = " --callgrind" if a.callgrind else ""
     lines += ["", f"Command: `python benchmarks/sdeint_overhead.py --repeats {a.repeats}{flags}`", ""]
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
+    write_report("\n".join(lines), a.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 import torchdiffeq
 from checkout import use_checkout
 from scipy.integrate import solve_ivp
-from timing import instruction_counts
+from timing import instruction_counts, write_report
 
 CHECKOUT_ENV = use_checkout()  # the checkout's sdekit, here and in the callgrind subprocesses
 
@@ -117,11 +117,7 @@ def main():
                   for k, v in cg.items()]
     flags = " --callgrind" if a.callgrind else ""
     lines += ["", f"Command: `python benchmarks/small_ode_overhead.py --repeats {a.repeats}{flags}`", ""]
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
+    write_report("\n".join(lines), a.out)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,11 @@ def instruction_counts(script: str, variants, env: dict, timeout: float = 1800) 
                 return {"error": proc.stderr[-1500:]}
             out[what] = int(m.group(1))
     return out
+
+
+def write_report(text: str, out) -> None:
+    """Print a benchmark's markdown report and write it to ``out`` (a path; nothing when falsy)."""
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
