@@ -175,7 +175,6 @@ def solve_whole(
     # a non-finite last stage makes the error estimate non-finite (the step is rejected) unless its weight is 0
     check_last = tableau.b_error is not None and tableau.b_error[-1] == 0
     c = [float(v) for v in tableau.c]
-    f = rhs
     t0, t1 = float(t_out[0]), float(t_out[-1])
     span = abs(t1 - t0)
     d = 1.0 if t1 > t0 else -1.0
@@ -184,7 +183,7 @@ def solve_whole(
     per_attempt = tableau.stages - 1
     clamp_h = opts.min_step > 0 or opts.max_step < math.inf
 
-    k0 = f(t0, y0)
+    k0 = rhs(t0, y0)
     nfe = 1
     bad = not bool(torch.isfinite(k0).all())
     if opts.first_step is not None:
@@ -192,7 +191,7 @@ def solve_whole(
     elif bad:
         h = math.nan
     else:
-        h = _initial_step(f, t0, y0, k0, d, span, tableau.error_order, rtol, atol, norm, norm_scale)
+        h = _initial_step(rhs, t0, y0, k0, d, span, tableau.error_order, rtol, atol, norm, norm_scale)
         nfe += 1
     stages = _Stages(tableau, k0, torch.is_grad_enabled() and (k0.requires_grad or y0.requires_grad))
     outs = [y0]
@@ -215,7 +214,7 @@ def solve_whole(
         yi = y
         for i in range(1, tableau.stages):
             yi = stages.stage_state(y, i, step)
-            stages.add(f(t1 if hit and c[i] == 1.0 else t + c[i] * step, yi))
+            stages.add(rhs(t1 if hit and c[i] == 1.0 else t + c[i] * step, yi))
         # the last stage's state is the new solution (bitwise the same sum), except where backward
         # would then sum the gradients in another order
         y_new = yi if reuse_last and not stages.graph else stages.new_state(y, step)
