@@ -1,5 +1,9 @@
 """The CPU fast path of :mod:`sdekit.noise`: ``_native_noise.c`` built on first use and called through ctypes.
 
+The same library holds the Brownian tree's evaluator (``_native_tree.c``, called by
+:mod:`sdekit.brownian.native_tree`); both sources share the Philox and Box–Muller code of
+``_native_philox.h``.
+
 It also holds the one-pass affine update with in-place noise of
 :func:`sdekit.kernels.affine_update_ref` (and the Langevin reference's update), :func:`affine`,
 and :class:`KeyedLoop`, the same entry points bound once for the steps of a sampling loop
@@ -43,7 +47,9 @@ import torch
 
 _log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("_native_noise.c")
+#: The C sources compiled into the one library, and the header they share (hashed with them).
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("_native_noise.c", "_native_tree.c"))
+HEADERS = (Path(__file__).with_name("_native_philox.h"),)
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
 #: Tried in order: OpenMP and per-ISA clones, then without OpenMP, then without clones (other compilers).
 _FLAG_SETS = [["-fopenmp"], [], ["-fopenmp", "-DSDEKIT_NO_CLONES"], ["-DSDEKIT_NO_CLONES"]]
@@ -94,6 +100,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         raise AttributeError(f"packed affine layout mismatch: {lib.sdekit_affine_packed_slots()} != {_SLOTS} slots")
     lib.sdekit_box_muller.argtypes = [ptr, i64, ptr]
     lib.sdekit_box_muller.restype = None
+    lib.sdekit_tree.argtypes = [u32, u32, ptr, i64, i64, ctypes.c_int, ctypes.c_double, i64, ptr, ptr, ptr, i64,
+                                i64, ctypes.c_int, ptr, ptr, ctypes.c_int]
+    lib.sdekit_tree.restype = ctypes.c_int
     lib.sdekit_has_openmp.argtypes = []
     lib.sdekit_has_openmp.restype = ctypes.c_int
     return lib
@@ -106,7 +115,7 @@ def _build(cc: str, target: Path) -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(prefix=target.stem + "-", suffix=target.suffix + ".tmp", dir=target.parent)
         os.close(fd)
         try:
-            cmd = [cc, *_BASE_FLAGS, *extra, str(SOURCE), "-o", tmp]
+            cmd = [cc, *_BASE_FLAGS, *extra, *map(str, SOURCES), "-o", tmp]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
             if out.returncode != 0:
                 errors.append(f"{' '.join(cmd)}: {out.stderr.strip()[-500:]}")
@@ -124,7 +133,7 @@ def _build(cc: str, target: Path) -> ctypes.CDLL:
 
 def _load() -> ctypes.CDLL | None:
     cc = _compiler()
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
     target = _library_path(cc, source)

@@ -72,22 +72,26 @@ def interior_coefficients(r: torch.Tensor):
     ``Var I_L = r³/3 − r⁴/4``, ``Cov(I_L, S) = r²/4 − r³/6``, ``Var S = 1/12``, so
     ``mB = 6r(1−r)``, ``mL = 3r² − 2r³`` and the conditional covariance is
 
-        c_BB = r(1−r)(1 − 3r(1−r)),  c_BL = r²(1−r)(1/2 − 3r/2 + r²),
-        c_LL = r³/3 − r⁴/4 − 12(r²/4 − r³/6)²,
+        c_BB = r(1−r)(1 − 3r(1−r)),  c_BL = r²(1−r)(1/2 − 3r/2 + r²) = r²(1−r)²(1/2 − r),
+        c_LL = r³/3 − r⁴/4 − 12(r²/4 − r³/6)² = r³(1−r)³/3,
 
-    factored by Cholesky.  At ``r = 1/2`` this is :func:`split_midpoint`.
+    factored by Cholesky: ``sBB = √c_BB``, ``sLB = c_BL/sBB`` and, with ``u = r(1−r) ≤ 1/4`` and
+    ``(1/2 − r)² = 1/4 − u``, ``sLL² = c_LL − sLB² = r³(1−r)³/(12(1 − 3u))``.  These factored forms
+    have no cancellation (the expanded ``c_LL`` loses all its digits as ``r → 1``), so the
+    coefficients are accurate to rounding at every ``r`` (the native evaluator, ``_native_tree.c``,
+    uses the same forms).  At ``r = 1/2`` this is :func:`split_midpoint`.
     """
     r = r.to(torch.float64)
     q = 1.0 - r
+    u = r * q
     mB = 6.0 * r * q
     mL = 3.0 * r**2 - 2.0 * r**3
-    cBB = (r * q * (1.0 - 3.0 * r * q)).clamp_min(0.0)
-    cBL = r**2 * q * (0.5 - 1.5 * r + r**2)
-    cLL = r**3 / 3.0 - r**4 / 4.0 - 12.0 * (r**2 / 4.0 - r**3 / 6.0) ** 2
-    sBB = cBB.sqrt()
+    spread = 1.0 - 3.0 * u  # in [1/4, 1]
+    sBB = (u * spread).clamp_min(0.0).sqrt()
     safe = sBB > 1e-300
+    cBL = u * u * (0.5 - r)
     sLB = torch.where(safe, cBL / torch.where(safe, sBB, torch.ones_like(sBB)), torch.zeros_like(sBB))
-    sLL = (cLL - sLB**2).clamp_min(0.0).sqrt()
+    sLL = (u * u * u / (12.0 * spread)).clamp_min(0.0).sqrt()
     return mB, mL, sBB, sLB, sLL
 
 

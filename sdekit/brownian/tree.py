@@ -20,6 +20,12 @@ as in Foster, Lyons & Oberhauser 2020, §2, and torchsde's ``BrownianInterval``)
 Normals come from :func:`sdekit.noise.counter_normal_unchecked` (Philox4x32-10 keyed by
 ``(seed, stream, sample index, element)``), so no state and no generator is kept.
 
+Evaluation: on the CPU, with the native library built (:mod:`sdekit._native`), a C evaluator
+(:mod:`~sdekit.brownian.native_tree`) takes each sample and block of elements through the
+queries in order and splits each node on their paths once.  Elsewhere (CUDA, ``SDEKIT_NATIVE=0``,
+no compiler) the torch code below takes the queries level by level.  Both compute the same path
+from the same draws, to float64 rounding.
+
 What is exact: a node's ``(w, H)`` does not depend on ``depth`` (children are drawn from
 the parent's exact conditional law), so the increments and areas between *nodes* — every
 multiple of ``(t1 − t0)/2^k`` for ``k ≤ depth`` — are exactly those of a Brownian motion,
@@ -81,6 +87,7 @@ import torch
 
 from .._checks import check_device, check_positive, check_positive_int, check_real
 from ..noise import MASK32, box_muller, check_sample_index, counter_normal_unchecked, philox4x32, split_seed
+from . import native_tree
 from .bridge import interior_values, root_values, split_midpoint
 
 #: Largest depth: stream ids ``2^depth + leaf`` must fit in 32 bits.
@@ -89,6 +96,8 @@ MAX_DEPTH = 31
 DEFAULT_DEPTH = 16
 #: Budget of float64 values per tree level when evaluating many times at once.
 _CHUNK_VALUES = 2**21
+#: Budget of values per output when the C evaluator takes a chunk of steps (it walks each chunk from the root).
+_NATIVE_CHUNK_VALUES = 2**23
 #: The error for ``levy_area=True`` of sources without it (``source``: the class name).
 LEVY_AREA_UNAVAILABLE = (
     "{source} does not provide the Lévy area between noise channels, and log_ode needs the Lévy area A "
@@ -331,6 +340,11 @@ class BrownianTree:
             ValueError: if a time lies outside ``[t0, t1]``.
         """
         t = self._times(times)
+        lib = native_tree.available(self.sample_index)
+        if lib is not None:
+            leaf, r = self._positions(t)
+            W64, K64 = native_tree.walk(lib, self, leaf, r, t, native_tree.VALUES, area=True)
+            return W64, K64
         per_point = max(1, math.prod(self.shape))
         chunk = max(1, _CHUNK_VALUES // per_point)
         W, K = [], []
@@ -358,6 +372,10 @@ class BrownianTree:
         """
         m = self._check_levy_shape() if levy_area else 0
         t = self._times(times)
+        lib = native_tree.available(self.sample_index)
+        if lib is not None:
+            yield from self._native_increments(lib, t, area, levy_area, m)
+            return
         per_point = max(1, math.prod(self.shape) + m * m)
         chunk = max(1, _CHUNK_VALUES // per_point)
         for i in range(0, t.numel() - 1, chunk):
@@ -371,6 +389,29 @@ class BrownianTree:
                 dZ = (self._levy_area(tc, dW64, dZ64) if levy_area else dZ64).to(self.dtype)
             for j in range(dW.shape[0]):
                 yield dW[j], (dZ[j] if area or levy_area else None)
+
+    def _increments_mode(self, exact: bool) -> int:
+        """The C evaluator's output: float32 where that is the tree's dtype (and ``exact`` float64 values
+        are not needed), else float64 (then cast)."""
+        if self.dtype == torch.float32 and not exact:
+            return native_tree.INCREMENTS_F32
+        return native_tree.INCREMENTS_F64
+
+    def _native_increments(self, lib, t: torch.Tensor, area: bool, levy_area: bool, m: int):
+        """:meth:`increments` by the C evaluator, in chunks of steps of at most ``_NATIVE_CHUNK_VALUES``."""
+        per_point = max(1, math.prod(self.shape) + m * m)
+        chunk = max(1, _NATIVE_CHUNK_VALUES // per_point)
+        mode = self._increments_mode(levy_area)
+        for i in range(0, t.numel() - 1, chunk):
+            tc = t[i:i + chunk + 1]
+            leaf, r = self._positions(tc)
+            dW, dZ = native_tree.walk(lib, self, leaf, r, tc, mode, area=area or levy_area)
+            if levy_area:
+                dZ = self._levy_area(tc, dW, dZ)
+            dW = dW.to(self.dtype)
+            dZ = dZ.to(self.dtype) if dZ is not None else None
+            for j in range(dW.shape[0]):
+                yield dW[j], (dZ[j] if dZ is not None else None)
 
     def increments_rows(self, times: torch.Tensor, area: bool = False) -> list:
         """Per-row steps: ``(ΔW, ΔZ)`` over ``[times[i, b], times[i+1, b]]`` for each row ``b``.
@@ -391,6 +432,13 @@ class BrownianTree:
         if not bool(((t >= self.t0 - span) & (t <= self.t1 + span)).all()):
             raise ValueError(f"times must lie in [t0, t1] = [{self.t0}, {self.t1}]")
         t = t.clamp(self.t0, self.t1)
+        lib = native_tree.available(self.sample_index)
+        if lib is not None:
+            leaf, r = self._positions(t)
+            dW, dZ = native_tree.walk(lib, self, leaf, r, t, self._increments_mode(False), area=area)
+            dW = dW.to(self.dtype)
+            dZ = dZ.to(self.dtype) if dZ is not None else None
+            return [(dW[i], dZ[i] if dZ is not None else None) for i in range(dW.shape[0])]
         W, K = self._evaluate_chunk(t)
         dW = (W[1:] - W[:-1]).to(self.dtype)
         out = []
