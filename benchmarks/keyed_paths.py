@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from checkout import use_checkout
-from timing import instruction_counts, write_report
+from timing import instruction_counts, interleaved, write_report
 
 CHECKOUT_ENV = use_checkout()  # the checkout's sdekit, here and in the callgrind subprocesses
 
@@ -84,15 +82,7 @@ def main() -> None:
     routes = {"sdekit seed=": lambda: run_sdekit("ou", "euler", y0, a.steps, 0, keyed=True),
               "sdekit seed=, torch code": lambda: _torch_code(y0, a.steps),
               "torchsde tuned BI": lambda: run_torchsde("ou", "euler", y0, a.steps, 0, True)}
-    for fn in routes.values():
-        fn()
-    times: dict = {k: [] for k in routes}
-    for _ in range(a.repeats):
-        for k, fn in routes.items():
-            s = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - s)
-    stats = {k: (min(v), *np.percentile(v, [20, 80])) for k, v in times.items()}
+    stats = interleaved(routes, a.repeats)
     ours = stats["sdekit seed="]
     lines = [
         "# Keyed Brownian paths: sdeint(seed=) vs torchsde's tuned BrownianInterval",

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from checkout import use_checkout
-from timing import instruction_counts, write_report
+from timing import instruction_counts, interleaved, write_report
 
 CHECKOUT_ENV = use_checkout()  # the checkout's sdekit, here and in the callgrind subprocesses
 
@@ -76,15 +74,7 @@ def main() -> None:
     for problem in ("ou", "gbm"):
         routes = {"sdekit": lambda problem=problem: run_sdekit(problem, "euler", y0, STEPS, 1),
                   "loop": lambda problem=problem: run_loop(problem, y0, STEPS, 1)}
-        for fn in routes.values():
-            fn()
-        times: dict = {k: [] for k in routes}
-        for _ in range(a.repeats):
-            for k, fn in routes.items():
-                s = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - s)
-        stats = {k: (min(v), *np.percentile(v, [20, 80])) for k, v in times.items()}
+        stats = interleaved(routes, a.repeats)
         ratio = [x / y for x, y in zip(stats["sdekit"], stats["loop"])]
         for k, (lo, p20, p80) in stats.items():
             tail = " | ".join(f"{r:.2f}" for r in ratio) if k == "sdekit" else "– | – | –"

@@ -92,6 +92,22 @@ def instruction_counts(script: str, variants, env: dict, timeout: float = 1800) 
     return out
 
 
+def interleaved(routes: dict, repeats: int) -> dict:
+    """Time each ``routes[name]()`` once (warm-up), then alternately for ``repeats`` rounds, so that load on a
+    shared machine hits every route alike: ``{name: (min, p20, p80)}`` in seconds."""
+    import numpy as np
+
+    for fn in routes.values():
+        fn()
+    times: dict = {k: [] for k in routes}
+    for _ in range(repeats):
+        for k, fn in routes.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return {k: (min(v), *np.percentile(v, [20, 80])) for k, v in times.items()}
+
+
 def write_report(text: str, out) -> None:
     """Print a benchmark's markdown report and write it to ``out`` (a path; nothing when falsy)."""
     print(text)
