@@ -74,10 +74,6 @@ SDEKIT_CLONES static void split_values(const double *restrict w, const double *r
     }
 }
 
-static void split(double *const *v, double h, const double *x1, const double *x2, int cnt) {
-    split_values(v[0], v[1], h, x1, x2, cnt, v[4], v[5], v[6], v[7]);
-}
-
 /* The child of a node of length h: (w, H, W_a, K_a) of its left or right half. */
 SDEKIT_CLONES static void child(double *const *p, double *const *c, double h, int right, int need_k, int cnt) {
     const double *restrict Wa = p[2], *restrict Ka = p[3], *restrict wL = p[4], *restrict HL = p[5];
@@ -184,7 +180,8 @@ static void tree_task(const tree_args *a, int64_t b, int64_t e0, int cnt, double
         for (int l = c; l < depth; l++) {
             if (!split_ok[l]) {
                 node_normals(a, sample, (uint32_t)(((int64_t)1 << l) + id[l]), e0, cnt, x1, x2);
-                split(lev[l], len[l], x1, x2, cnt);
+                double *const *v = lev[l];
+                split_values(v[0], v[1], len[l], x1, x2, cnt, v[4], v[5], v[6], v[7]);
                 split_ok[l] = 1;
             }
             int64_t next = leaf >> (depth - l - 1);

@@ -14,6 +14,8 @@ not traced), the library built.  Elsewhere the tree runs its torch code.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..noise import _use_native
@@ -44,9 +46,7 @@ def walk(lib, tree, leaf: torch.Tensor, r: torch.Tensor, t: torch.Tensor, mode: 
         MemoryError: if the C code cannot allocate its work buffers.
     """
     batch, shape = tree.shape[0], tuple(tree.shape)
-    numel = 1
-    for s in shape[1:]:
-        numel *= s
+    numel = math.prod(shape[1:])
     n = leaf.shape[0]
     rows = leaf.dim() == 2
     leaf = leaf.to(torch.int64).contiguous()

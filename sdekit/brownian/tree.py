@@ -343,8 +343,7 @@ class BrownianTree:
         lib = native_tree.available(self.sample_index)
         if lib is not None:
             leaf, r = self._positions(t)
-            W64, K64 = native_tree.walk(lib, self, leaf, r, t, native_tree.VALUES, area=True)
-            return W64, K64
+            return native_tree.walk(lib, self, leaf, r, t, native_tree.VALUES, area=True)
         per_point = max(1, math.prod(self.shape))
         chunk = max(1, _CHUNK_VALUES // per_point)
         W, K = [], []
