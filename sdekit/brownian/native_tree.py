@@ -10,6 +10,10 @@ bridge for every query of a chunk that has an interior one.
 
 :func:`available` says where it applies: a CPU tree, the native draws on (not ``SDEKIT_NATIVE=0``,
 not traced), the library built.  Elsewhere the tree runs its torch code.
+
+Source: the construction of :mod:`sdekit.brownian.tree` (dyadic bisection carrying the increment and the
+space-time Lévy area, Foster, Lyons & Oberhauser 2020, §2) and the conditional laws of
+:mod:`sdekit.brownian.bridge`; time is SDE time ``t ∈ [t0, t1]``.
 """
 
 from __future__ import annotations
