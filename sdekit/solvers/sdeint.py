@@ -481,7 +481,7 @@ def integrate(plan: SolvePlan, record: list | None = None) -> tuple[torch.Tensor
                                      dt_min=plan.dt_min, record=record)
         return torch.stack([y] + outs), state
     grid = plan.grid
-    t_grid = torch.tensor(grid, dtype=y.dtype, device=y.device)
+    t_grid = torch.tensor(grid, dtype=y.dtype, device=y.device).unbind(0)  # one 0-dim time per grid point
     fused = _fused_euler(plan)
     increments = fused[1] if fused is not None else _increments(plan, grid)
     # without a graph the fused steps alternate between two state buffers (never the user's y0)

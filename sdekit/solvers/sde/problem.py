@@ -194,9 +194,15 @@ def from_sdekit(sde, y0: torch.Tensor, t0) -> SDEProblem:
     def f(t, y):
         return sde.drift(y, batch(t))
 
-    def g(t, y):
-        G = sde.diffusion(y, batch(t))
+    def column(G, y):  # a (B,) diffusion broadcast against y
         return G.reshape(G.shape + (1,) * (y.dim() - G.dim())) if G.dim() == 1 else G
+
+    def g(t, y):
+        return column(sde.diffusion(y, batch(t)), y)
+
+    def f_and_g(t, y):  # both at one expanded time (the Euler step's call)
+        tb = batch(t)
+        return sde.drift(y, tb), column(sde.diffusion(y, tb), y)
 
     f0 = _check_out("drift", f(t0, y0), y0.shape, "the shape of x")
     G0 = sde.diffusion(y0, batch(t0))
@@ -209,7 +215,7 @@ def from_sdekit(sde, y0: torch.Tensor, t0) -> SDEProblem:
         )
     _check_out("diffusion", G0, G0.shape, "")
     del f0
-    return SDEProblem(f=f, g=g, noise_type=noise_type, sde_type=sde_type, form="elementwise",
+    return SDEProblem(f=f, g=g, f_and_g=f_and_g, noise_type=noise_type, sde_type=sde_type, form="elementwise",
                       noise_shape=tuple(y0.shape[1:]))
 
 
