@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .problem import SDEProblem
+from .problem import SDEProblem, result_fits
 
 
 class AbstractSDESolver(abc.ABC):
@@ -73,11 +73,16 @@ class AbstractSDESolver(abc.ABC):
             raise ValueError(f"{self.name} needs the diffusion g(t, y); the SDE only defines g_prod")
         self.problem = problem
 
-    def scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A work tensor shaped like ``like``, allocated once per solver and overwritten every step."""
-        buf = getattr(self, "_scratch", None)
+    def scratch(self, like: torch.Tensor, slot: str = "") -> torch.Tensor:
+        """A work tensor shaped like ``like``, allocated once per solver (and ``slot``) and overwritten every step.
+
+        Reusing it saves an allocation per step, which on the CPU is a fresh page-faulted buffer for
+        large batches; only for values no autograd graph holds on to.
+        """
+        bufs = self.__dict__.setdefault("_scratch", {})
+        buf = bufs.get(slot)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._scratch = torch.empty_like(like, memory_format=torch.contiguous_format)
+            buf = bufs[slot] = torch.empty_like(like, memory_format=torch.contiguous_format)
         return buf
 
     def init(self, t0: torch.Tensor, y0: torch.Tensor) -> tuple:
@@ -116,9 +121,7 @@ def add_into(acc: torch.Tensor, *terms: torch.Tensor) -> torch.Tensor:
     promotion would change ``acc``'s shape or dtype.
     """
     for term in terms:
-        if term.shape == acc.shape and term.dtype == acc.dtype or (
-                torch.broadcast_shapes(acc.shape, term.shape) == acc.shape
-                and torch.result_type(acc, term) == acc.dtype):
+        if term.shape == acc.shape and term.dtype == acc.dtype or result_fits(acc, acc, term):
             acc = acc.add_(term)
         else:
             acc = acc + term

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AbstractSDESolver, add_into
-from .problem import SDEProblem
+from .problem import SDEProblem, result_fits
 
 
 class StepFromNormals:
@@ -41,22 +41,9 @@ class StepFromNormals:
         if out is not None and (f.requires_grad or y.requires_grad or out.shape != y.shape or out.dtype != y.dtype):
             out = None
         out = torch.add(y, f, alpha=h, out=out)
-        if self._in_place(G, z, out):
+        if result_fits(out, G, z):
             return out.addcmul_(G, z, value=sqrt_h)
         return out + self.problem.prod(G, z * sqrt_h)
-
-    def _in_place(self, G: torch.Tensor, z: torch.Tensor, out: torch.Tensor) -> bool:
-        """Whether ``G ⊙ z`` broadcasts to ``out``'s shape and dtype (so ``addcmul_`` may write into it).
-
-        Cached by shapes and dtypes: ``torch.broadcast_shapes`` costs about 15 µs, a step's worth at small batch.
-        """
-        key = (G.shape, z.shape, out.shape, G.dtype, z.dtype, out.dtype)
-        cache = self.__dict__.setdefault("_in_place_cache", {})
-        fits = cache.get(key)
-        if fits is None:
-            fits = cache[key] = (torch.broadcast_shapes(G.shape, z.shape) == out.shape
-                                 and torch.result_type(G, z) == out.dtype)
-        return fits
 
 
 class EulerMaruyama(StepFromNormals, AbstractSDESolver):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AbstractSDESolver, add_into, axpy, sqrt_step
+from .problem import result_fits
 from .srk_tableaus import SRA1, SRA3, SRI2, SRATableau, SRITableau
 
 
@@ -42,10 +43,16 @@ class _SRA(AbstractSDESolver):
             if G is not None and p.form == "elementwise" and len(terms) == 1:
                 (a, v), = terms
                 return _noise_term(total, a, G[c], v, total is not y)
-            w = terms[0][1] * terms[0][0]
+            v0, a0 = terms[0][1], terms[0][0]
+            # work tensors reused every step, unless a graph could save them (G's product saves w)
+            into = not (torch.is_grad_enabled() and (y.requires_grad or (G is not None and G[c].requires_grad)))
+            w = torch.mul(v0, a0, out=self.scratch(v0, "w")) if into and isinstance(a0, float) else v0 * a0
             for a, v in terms[1:]:
                 w = axpy(w, a, v, True)
-            gw = p.prod(G[c], w) if G is not None else p.g_prod(t0 + c * h, y, w)
+            if G is not None:
+                gw = p.prod(G[c], w, out=self.scratch(y, "gw") if into else None)
+            else:
+                gw = p.g_prod(t0 + c * h, y, w)
             return total + gw if total is y else add_into(total, gw)
 
         inv_h = 1.0 / h  # I_(1,0)/h = ΔZ·(1/h), folded into the weights
@@ -125,8 +132,11 @@ class SRI2Solver(AbstractSDESolver):
         sqrt_h = sqrt_step(h)
         # The iterated integrals as raw tensors times scalars, the scalars folded into the weights:
         # I_(1,0)/h = ΔZ·(1/h), I_(1,1)/√h = (ΔW² − h)·(1/(2√h)), I_(1,1,1)/h = ΔW(ΔW² − 3h)·(1/(6h)).
-        dW2 = dW * dW
-        u11 = dW2 - h
+        # The integrals are built in work tensors reused every step: they never require grad, and the
+        # weights made from them are the only values a graph could save (then they are new tensors).
+        reuse = not dW.requires_grad and isinstance(h, float)
+        dW2 = torch.mul(dW, dW, out=self.scratch(dW, "dW2")) if reuse else dW * dW
+        u11 = torch.sub(dW2, h, out=self.scratch(dW, "u11")) if reuse else dW2 - h
         u111 = dW2.sub_(3.0 * h).mul_(dW)
         integrals = ((dW, 1.0), (u11, 0.5 / sqrt_h), (dZ, 1.0 / h), (u111, 1.0 / (6.0 * h)))
         fs, gs = [], []
@@ -149,9 +159,16 @@ class SRI2Solver(AbstractSDESolver):
                 y1 = axpy(y1, tab.alpha[i] * h, fs[i], y1 is not y)
             # Σ_k β_k,i I_k: one fused multiply-add per nonzero weight
             weight = None
+            # a graph through g or y1 saves the weight (addcmul's operand): then it must be a new tensor
+            into = reuse and not (torch.is_grad_enabled() and (gs[i].requires_grad or y1.requires_grad))
             for beta, (integral, scale) in zip((tab.beta1[i], tab.beta2[i], tab.beta3[i], tab.beta4[i]), integrals):
-                if beta:
-                    weight = integral * (beta * scale) if weight is None else axpy(weight, beta * scale, integral, True)
+                if not beta:
+                    continue
+                if weight is None:
+                    weight = (torch.mul(integral, beta * scale, out=self.scratch(integral, "weight")) if into
+                              else integral * (beta * scale))
+                else:
+                    weight = axpy(weight, beta * scale, integral, True)
             if weight is not None:
                 y1 = _noise_term(y1, 1.0, gs[i], weight, y1 is not y)
         return y1, state
@@ -159,6 +176,4 @@ class SRI2Solver(AbstractSDESolver):
 
 def _noise_term(total, a, g, v, owned: bool):
     """``total + a·g·v``; ``g`` ``(B, d)`` and ``v`` ``(B, d)`` or, for scalar noise, ``(B, 1)``."""
-    if owned and torch.broadcast_shapes(g.shape, v.shape) != total.shape:
-        owned = False
-    return axpy(total, a, g, owned and total.dtype == torch.result_type(g, v), v)
+    return axpy(total, a, g, owned and result_fits(total, g, v), v)
