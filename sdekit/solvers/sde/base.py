@@ -107,6 +107,12 @@ class AbstractSDESolver(abc.ABC):
         """
 
 
+def records_graph(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors`` (then a work tensor they touch may be saved
+    for backward, and must not be overwritten next step)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def sqrt_step(h):
     """``√h`` for a step size that is a float or a tensor of per-row steps (``(B, 1, …)``)."""
     return h.sqrt() if isinstance(h, torch.Tensor) else math.sqrt(h)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import AbstractSDESolver, add_into, axpy, sqrt_step
+from .base import AbstractSDESolver, add_into, axpy, records_graph, sqrt_step
 from .problem import result_fits
 from .srk_tableaus import SRA1, SRA3, SRI2, SRATableau, SRITableau
 
@@ -44,15 +44,13 @@ class _SRA(AbstractSDESolver):
                 (a, v), = terms
                 return _noise_term(total, a, G[c], v, total is not y)
             v0, a0 = terms[0][1], terms[0][0]
-            # work tensors reused every step, unless a graph could save them (G's product saves w)
-            into = not (torch.is_grad_enabled() and (y.requires_grad or (G is not None and G[c].requires_grad)))
-            w = torch.mul(v0, a0, out=self.scratch(v0, "w")) if into and isinstance(a0, float) else v0 * a0
+            # work tensors reused every step, unless a graph could save them (G's product saves w;
+            # prod itself writes into its scratch only without a graph)
+            into = isinstance(a0, float) and not records_graph(y, *([G[c]] if G is not None else []))
+            w = torch.mul(v0, a0, out=self.scratch(v0, "w")) if into else v0 * a0
             for a, v in terms[1:]:
                 w = axpy(w, a, v, True)
-            if G is not None:
-                gw = p.prod(G[c], w, out=self.scratch(y, "gw") if into else None)
-            else:
-                gw = p.g_prod(t0 + c * h, y, w)
+            gw = p.prod(G[c], w, out=self.scratch(y, "gw")) if G is not None else p.g_prod(t0 + c * h, y, w)
             return total + gw if total is y else add_into(total, gw)
 
         inv_h = 1.0 / h  # I_(1,0)/h = ΔZ·(1/h), folded into the weights
@@ -160,7 +158,7 @@ class SRI2Solver(AbstractSDESolver):
             # Σ_k β_k,i I_k: one fused multiply-add per nonzero weight
             weight = None
             # a graph through g or y1 saves the weight (addcmul's operand): then it must be a new tensor
-            into = reuse and not (torch.is_grad_enabled() and (gs[i].requires_grad or y1.requires_grad))
+            into = reuse and not records_graph(gs[i], y1)
             for beta, (integral, scale) in zip((tab.beta1[i], tab.beta2[i], tab.beta3[i], tab.beta4[i]), integrals):
                 if not beta:
                     continue
